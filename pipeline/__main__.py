@@ -1,0 +1,5 @@
+"""`python -m pipeline` is `facecurate`."""
+
+from pipeline.cli import main
+
+main()

@@ -1,0 +1,247 @@
+"""The `facecurate` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import ConfigError, build_manifest, load_manifest
+
+console = Console(stderr=True)
+out_console = Console()
+app = typer.Typer(
+    name="facecurate",
+    help="""Turn raw face photos into a training-ready multimodal face dataset: captions, 19-class masks,
+sketches, VAE latents and WebDataset shards; then train MMFace-DiT on it.
+
+Every command resumes: run it again after a crash or an edit and only what is missing is done.
+
+**Examples**
+
+```
+# index a folder of photos (a row with a reason for every broken file)
+facecurate ingest ~/photos --out runs/faces
+# the whole pipeline on the bundled demo data, offline
+facecurate run manifests/demo.yaml
+# what is done, what failed and why, what is pending
+facecurate status demo_out
+```
+""",
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder of the run (created if missing).")]
+RunnerOpt = Annotated[str | None, typer.Option("--runner", help="local (default) or ray.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a manifest value: KEY=VALUE (dotted key, YAML value). Repeatable.")]
+
+
+def _print_results(results: list, title: str, seconds: float) -> None:
+    from pipeline.run import results_rows, summary_table
+
+    out_console.print(summary_table(results_rows(results), title))
+    new = sum(r.pending for r in results)
+    console.print(f"[dim]{new:,} item(s) processed in this run, {seconds:.1f} s; "
+                  f"the rest was already done.[/dim]" if new else "[dim]everything was already done.[/dim]")
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[Path], typer.Argument(help="Folders, .tar or .parquet files to ingest.", show_default=False)],
+    out: Out,
+    source: Annotated[str, typer.Option("--source", help="auto, folder, celebamask-hq, ffhq, webdataset or parquet.")] = "auto",
+    min_size: Annotated[int, typer.Option(help="Images with a shorter side below this are `too_small`.")] = 64,
+    verify: Annotated[str, typer.Option(help="`fast` structure checks or full `decode`.")] = "fast",
+    runner: RunnerOpt = None,
+) -> None:
+    """Index images: key, sha256, size, mode, split and a status for every file.
+
+    Nothing is dropped: a broken file becomes a row with a reason (decode_error, truncated, empty_file,
+    unsupported_format, too_small, decompression_bomb, duplicate, unreadable). Writes OUT/index.parquet.
+
+    **Examples**
+
+    ```
+    # FFHQ layout detected; per-image licenses come along
+    facecurate ingest ~/ffhq --out runs/ffhq
+    # CelebAMask-HQ: per-class masks merged into gt_masks/, official split used
+    facecurate ingest CelebAMask-HQ/ --out runs/celeba
+    # several sources, one index
+    facecurate ingest shards/ data.parquet --out runs/mixed
+    ```
+    """
+    from pipeline.run import run_manifest
+
+    stage = {"sources": [{"path": str(p.resolve()), "type": source} for p in sources],
+             "min_size": min_size, "verify": verify}
+    data = {"name": "ingest", "runner": {"kind": runner or "local"}, "stages": {"ingest": stage}}
+    manifest = build_manifest(data, Path.cwd())
+    t0 = time.monotonic()
+    results = run_manifest(manifest, out.resolve(), console=console)
+    _print_results(results, f"ingest -> {out}", time.monotonic() - t0)
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="A YAML run manifest (see manifests/).", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; wins over the manifest's `out:`.")] = None,
+    runner: RunnerOpt = None,
+    overrides: SetOpt = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these stages (repeatable).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-process keys whose last attempt failed.")] = False,
+) -> None:
+    """Run a manifest's stages in dependency order, resuming whatever is already done.
+
+    Kill it at any moment and run it again: finished parts are kept, nothing is done twice, and the
+    final output is the same as an uninterrupted run's.
+
+    **Examples**
+
+    ```
+    facecurate run manifests/demo.yaml
+    # on Ray Data (a local Ray, or set runner.address in the manifest)
+    facecurate run my.yaml --out runs/v2 --runner ray
+    # change one setting, run one stage
+    facecurate run my.yaml --set stages.ingest.min_size=256 --only ingest
+    ```
+    """
+    from pipeline.run import resolve_out, run_manifest
+
+    sets = list(overrides or [])
+    if runner:
+        sets.append(f"runner.kind={runner}")
+    if retry_failed:
+        sets.append("runner.retry_failed=true")
+    m = load_manifest(manifest, sets)
+    target = resolve_out(m, out.resolve() if out else None)
+    t0 = time.monotonic()
+    results = run_manifest(m, target, only=only, console=console)
+    _print_results(results, f"{m.name} -> {target}", time.monotonic() - t0)
+
+
+@app.command()
+def status(out: Annotated[Path, typer.Argument(help="An output folder of a run.", show_default=False)]) -> None:
+    """Show each stage's ok rows, failures by reason, and pending keys.
+
+    **Example**
+
+    ```
+    facecurate status runs/faces
+    ```
+    """
+    from pipeline.run import load_resolved, stage_status, summary_table
+
+    if not out.is_dir():
+        raise ConfigError(f"{out} is not a folder")
+    manifest = load_resolved(out)
+    rows = stage_status(manifest, out.resolve())
+    if not rows:
+        raise ConfigError(f"{out} holds no facecurate run (no ledger found)")
+    out_console.print(summary_table(rows, f"status of {out}"))
+
+
+@app.command()
+def verify(out: Annotated[Path, typer.Argument(help="An output folder of a run.", show_default=False)]) -> None:
+    """Check a run's outputs: re-hash every ok image, read every ledger part, check every mask.
+
+    Exits non-zero and lists each problem when anything does not match.
+
+    **Example**
+
+    ```
+    facecurate verify runs/faces
+    ```
+    """
+    from pipeline.verify import verify_run
+
+    problems, checked = verify_run(out.resolve(), console)
+    if problems:
+        for p in problems:
+            out_console.print(f"[red]x[/red] {p}")
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {checked:,} checks")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {checked:,} checks passed")
+
+
+@app.command()
+def inspect(
+    out: Annotated[Path, typer.Argument(help="An output folder of a run.", show_default=False)],
+    keys: Annotated[list[str] | None, typer.Argument(help="Keys to show in full (default: a table of the first rows).")] = None,
+    limit: Annotated[int, typer.Option(help="Rows in the overview table.")] = 20,
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only rows with this status (e.g. decode_error).")] = None,
+) -> None:
+    """Show samples: the index row and every stage's rows for a key.
+
+    **Examples**
+
+    ```
+    # overview of the index
+    facecurate inspect runs/faces
+    # only the truncated files
+    facecurate inspect runs/faces --status truncated
+    # everything about one key
+    facecurate inspect runs/faces photos/astronaut
+    ```
+    """
+    from pipeline.inspect import show_key, show_overview
+
+    if keys:
+        for k in keys:
+            show_key(out.resolve(), k, out_console)
+    else:
+        show_overview(out.resolve(), out_console, limit, status_filter)
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the pipeline's stages, what each needs, and what it does."""
+    from pipeline.stages import REGISTRY
+
+    table = Table(header_style="bold")
+    for c in ("stage", "needs", "does"):
+        table.add_column(c)
+    for s in REGISTRY.values():
+        table.add_row(s.name, ", ".join(s.requires + tuple(f"({o})" for o in s.optional)) or "-", s.summary)
+    out_console.print(table)
+
+
+def _register_plugins() -> None:
+    """Commands from `pipeline/commands/*.py` and the trainer's `train/cli.py`."""
+    import importlib
+    import pkgutil
+
+    import pipeline.commands
+
+    modules = [f"pipeline.commands.{m.name}" for m in pkgutil.iter_modules(pipeline.commands.__path__)]
+    for name in [*sorted(modules), "train.cli"]:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # the module itself is absent; a missing dependency inside it is a bug
+                continue
+            raise
+        module.register(app)
+
+
+_register_plugins()
+
+
+def main() -> None:
+    """Console entry point: one-line errors for bad input, exit code 2."""
+    try:
+        app()
+    except ConfigError as e:
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: finished parts are kept; run the same command again to resume")
+        sys.exit(130)

@@ -1,0 +1,320 @@
+"""Run manifests: frozen dataclasses filled from YAML and `--set key=value` overrides.
+
+Every stage has a config dataclass registered in `pipeline.stages`; a manifest names the stages it runs
+under `stages:`. Loading is strict: an unknown key, a wrong type, a value outside a `Literal`, or a
+missing input folder raises `ConfigError` with one line that names the key and the valid choices.
+Relative paths in a manifest resolve against the manifest's own folder, so a run does not depend on
+the shell's working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A manifest or override that cannot be used; the message is one line that names the key."""
+
+
+def volatile(default: Any, **kw: Any) -> Any:
+    """A field that changes how a stage runs but not what it produces (excluded from fingerprints)."""
+    return field(default=default, metadata={"volatile": True}, **kw)
+
+
+def must_exist(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A path field that must name an existing file or folder when the manifest is loaded."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"exists": True}, **kw)
+    return field(default=default, metadata={"exists": True}, **kw)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where and how stages run.
+
+    Args:
+        kind: `local` (in-process loop with a progress bar) or `ray` (Ray Data actor pools).
+        address: Ray cluster address (`auto`, `ray://host:10001`); empty starts a local Ray.
+        flush_rows: write a ledger part after this many output rows.
+        flush_seconds: ...or after this many seconds, so a killed run loses little work.
+        retry_failed: re-process keys whose last row failed (default: failures count as done).
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    flush_rows: int = 2048
+    flush_seconds: float = 30.0
+    retry_failed: bool = False
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Fields every stage shares: how it is batched and which resources one worker takes.
+
+    Args:
+        batch_size: rows per `__call__`.
+        num_cpus: CPUs per Ray actor (fractions allowed; 2-core machines need < 1).
+        num_gpus: GPUs per Ray actor.
+        concurrency: Ray actor-pool size; empty sizes the pool from the cluster's resources.
+    """
+
+    batch_size: int = volatile(32)
+    num_cpus: float = volatile(1.0)
+    num_gpus: float = volatile(0.0)
+    concurrency: int | None = volatile(None)
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short hash of the fields of `cfg` that determine a stage's output (volatile fields excluded)."""
+
+    def strip(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {
+                f.name: strip(getattr(obj, f.name))
+                for f in dataclasses.fields(obj)
+                if not f.metadata.get("volatile")
+            }
+        if isinstance(obj, (list, tuple)):
+            return [strip(x) for x in obj]
+        if isinstance(obj, dict):
+            return {str(k): strip(v) for k, v in obj.items()}
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    blob = json.dumps(strip(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses to YAML-friendly dicts/lists/strings."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# Strict conversion of plain YAML data into typed dataclasses.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin in (tuple, list):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str, base: Path | None, exists: bool = False) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, where, base, exists)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"{where}: {value!r} is not a valid choice{extra}; choose one of {', '.join(map(str, choices))}"
+            )
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value]  # a single item where a list is expected is a list of one
+        (item,) = typing.get_args(tp)[:1]
+        items = [_convert(v, item, f"{where}[{i}]", base, exists) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{where}.{k}", base) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, base)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        p = Path(value).expanduser()
+        if base is not None and not p.is_absolute():
+            p = Path(os.path.normpath(base / p))
+        if exists and not p.exists():
+            raise ConfigError(f"{where}: {p} does not exist")
+        return p
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # a bug in a config class, not the user's
+
+
+def from_dict(cls: type, data: Any, where: str = "", base: Path | None = None) -> Any:
+    """Build the frozen dataclass `cls` from plain data; raises ConfigError with the failing key path."""
+    label = where or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping of {cls.__name__} fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            valid = sorted(fields)
+            hint = difflib.get_close_matches(str(key), valid, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{_join(where, key)}: unknown key{extra}; valid keys: {', '.join(valid)}")
+        f = fields[key]
+        kwargs[key] = _convert(value, hints[key], _join(where, key), base, bool(f.metadata.get("exists")))
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, name)}: required key is missing ({_type_name(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{label}: {e}") from None
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The manifest.
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A run: which stages, their settings, the runner, and the output folder.
+
+    Args:
+        name: a label for the run (shown in summaries and the dataset card).
+        out: output folder; relative paths resolve against the manifest's folder; `--out` wins.
+        runner: see `RunnerConfig`.
+        stages: stage name -> that stage's config (see `facecurate stages`); run in dependency order.
+    """
+
+    name: str = "facecurate"
+    out: Path | None = None
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    stages: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`stages.ingest.min_size=128` -> (['stages', 'ingest', 'min_size'], 128); the value is YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. stages.ingest.min_size=128")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted `--set` overrides to raw manifest data (before validation, so errors name the key)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text!r}: {p} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def build_manifest(data: dict, base: Path | None) -> Manifest:
+    """Validate raw manifest data; each entry under `stages` is checked against its stage's config."""
+    from pipeline import stages as registry  # the registry imports no heavy modules
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"manifest: expected a mapping at the top level, got {type(data).__name__}")
+    raw_stages = data.get("stages") or {}
+    if not isinstance(raw_stages, dict):
+        raise ConfigError("stages: expected a mapping of stage name -> settings, e.g. {ingest: {sources: ...}}")
+    top = {k: v for k, v in data.items() if k != "stages"}
+    manifest = from_dict(Manifest, top, "", base)
+    parsed = {}
+    for name, section in raw_stages.items():
+        spec = registry.REGISTRY.get(name)
+        if spec is None:
+            hint = difflib.get_close_matches(str(name), list(registry.REGISTRY), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"stages.{name}: unknown stage{extra}; valid stages: {', '.join(registry.REGISTRY)}"
+            )
+        parsed[name] = from_dict(spec.config_cls(), section, f"stages.{name}", base)
+    return dataclasses.replace(manifest, stages=parsed)
+
+
+def load_manifest(path: str | Path, overrides: list[str] | None = None) -> Manifest:
+    """Read a YAML manifest, apply `--set` overrides, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"manifest {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    return build_manifest(data, path.resolve().parent)

@@ -1,0 +1,80 @@
+"""The stage registry: names, their classes (imported lazily) and the dependency graph.
+
+A later issue adds a stage by adding one `StageSpec` here; the CLI, `run` and `status` pick it up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Where a stage lives and what it needs.
+
+    Args:
+        name: the manifest key under `stages:`.
+        module: module holding the stage class and its config class.
+        stage: class name of the stage (the DESIGN.md contract: `__init__(cfg, ctx)`, `__call__(batch)`).
+        config: class name of its frozen config dataclass.
+        requires: stages whose ok keys it consumes (run first).
+        optional: stages it uses when the manifest has them (run first if present).
+        summary: one line for `facecurate stages` and the help text.
+        ledger: its ledger folder inside the output (default: its name).
+    """
+
+    name: str
+    module: str
+    stage: str
+    config: str
+    requires: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    summary: str = ""
+    ledger: str = ""
+
+    def config_cls(self) -> type:
+        return getattr(importlib.import_module(self.module), self.config)
+
+    def stage_cls(self) -> type:
+        return getattr(importlib.import_module(self.module), self.stage)
+
+
+REGISTRY: dict[str, StageSpec] = {
+    s.name: s
+    for s in [
+        StageSpec(
+            "ingest", "pipeline.ingest", "IngestStage", "IngestConfig",
+            summary="scan sources, decode, hash, measure and split every image; write index.parquet",
+        ),
+    ]
+}
+
+
+def order(names: list[str]) -> list[str]:
+    """Dependency order for the stages a manifest names (requirements must be present)."""
+    from pipeline.config import ConfigError
+
+    chosen = set(names)
+    for n in names:
+        missing = [r for r in REGISTRY[n].requires if r not in chosen]
+        if missing:
+            raise ConfigError(f"stages.{n}: needs stage(s) {', '.join(missing)} in the manifest")
+    done: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(n: str) -> None:
+        if n in done:
+            return
+        if n in visiting:
+            raise ConfigError(f"stages.{n}: dependency cycle")
+        visiting.add(n)
+        spec = REGISTRY[n]
+        for dep in spec.requires + tuple(o for o in spec.optional if o in chosen):
+            visit(dep)
+        visiting.discard(n)
+        done.append(n)
+
+    for n in sorted(chosen, key=list(REGISTRY).index):
+        visit(n)
+    return done

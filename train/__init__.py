@@ -1,0 +1,1 @@
+"""MMFace-DiT trainer."""
