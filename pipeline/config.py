@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field

@@ -96,13 +96,13 @@ class Ledger:
             table = table.filter(pa.array(seqs == latest[idx]))
         return table.drop_columns(["_part"])
 
-    def done(self) -> dict[str, tuple[str, bool]]:
-        """key -> (fingerprint, all rows ok) for every key the stage has recorded."""
+    def done(self) -> dict[str, tuple[str, int, int]]:
+        """key -> (fingerprint, ok rows, all rows) for every key the stage has recorded."""
         t = self.read(["key", "status", "_fp"])
-        out: dict[str, tuple[str, bool]] = {}
+        out: dict[str, tuple[str, int, int]] = {}
         for k, s, f in zip(t["key"].to_pylist(), t["status"].to_pylist(), t["_fp"].to_pylist(), strict=True):
-            prev = out.get(k)
-            out[k] = (f, (prev[1] if prev else True) and s == OK)
+            _, n_ok, n = out.get(k, (f, 0, 0))
+            out[k] = (f, n_ok + (s == OK), n + 1)
         return out
 
     def ok_keys(self) -> set[str]:

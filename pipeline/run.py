@@ -155,3 +155,33 @@ def load_resolved(out: Path) -> Manifest | None:
         return build_manifest(data, out)
     except ConfigError:
         return None
+
+
+def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: str | None = None,
+                      console: Console | None = None) -> StageResult:
+    """Run one stage on an existing output folder (`facecurate caption OUT ...` and the like).
+
+    The stage's settings are validated like a manifest section and merged into the run's recorded
+    manifest, so `status` and a later `run` know about it. Required upstream stages must be done.
+    """
+    from pipeline.config import RunnerConfig, build_manifest
+
+    out = out.resolve()
+    if not (out / "index.parquet").exists():
+        raise ConfigError(f"{out} has no index.parquet: run `facecurate ingest SRC --out {out}` first")
+    previous = load_resolved(out)
+    data: dict[str, Any] = {"name": previous.name if previous else out.name, "stages": {}}
+    if previous is not None:
+        data["runner"] = to_plain(previous.runner)
+        data["stages"] = {k: to_plain(v) for k, v in previous.stages.items()}
+    data["stages"][stage] = settings
+    if runner:
+        data.setdefault("runner", {})["kind"] = runner
+    manifest = build_manifest(data, Path.cwd())
+    missing = [r for r in REGISTRY[stage].requires if r != "ingest" and not StageContext(out).ledger(r).parts()]
+    if missing:
+        raise ConfigError(f"{stage} needs {', '.join(missing)} to have run on {out} first")
+    console = console or Console(stderr=True)
+    with locked(out):
+        write_resolved(manifest, out)
+        return run_stage(stage, manifest.stages[stage], StageContext(out), manifest.runner or RunnerConfig(), console)

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from pipeline.config import RunnerConfig
@@ -63,7 +70,7 @@ def pending_inputs(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpe
     mask = []
     for k, f in zip(inputs["key"].to_pylist(), fps, strict=True):
         d = done.get(k)
-        mask.append(d is None or d[0] != f or (retry_failed and not d[1]))
+        mask.append(d is None or d[0] != f or (retry_failed and d[1] < d[2]))
     return inputs, inputs.filter(pa.array(mask, pa.bool_()))
 
 

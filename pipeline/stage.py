@@ -95,7 +95,7 @@ class Stage:
 
 
 def default_inputs(ctx: StageContext, requires: tuple[str, ...]) -> pa.Table:
-    """Ok index rows whose key every required stage (other than ingest) has marked ok.
+    """Ok index rows whose key has at least one ok row in every required stage (other than ingest).
 
     `_src` joins the image's sha256 with each upstream stage's fingerprint for the key, so a
     changed image or a re-made upstream output makes this stage's row pending again.
@@ -110,7 +110,7 @@ def default_inputs(ctx: StageContext, requires: tuple[str, ...]) -> pa.Table:
         done = ctx.ledger(name).done()
         for i, k in enumerate(keys):
             d = done.get(k)
-            if d is None or not d[1]:
+            if d is None or d[1] == 0:  # a key flows on when at least one of its rows is ok
                 keep[i] = False
             else:
                 src[i] += "|" + d[0]

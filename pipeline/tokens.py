@@ -35,7 +35,8 @@ def clip_bpe_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def load_clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary (49,408 ids; SOT 49406, EOT 49407) and merge list, exactly as open_clip builds them."""
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    with gzip.open(clip_bpe_path()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     units = list(_bytes_to_unicode().values())
     vocab_list = units + [u + "</w>" for u in units] + ["".join(m) for m in merges] + [SOT, EOT]
