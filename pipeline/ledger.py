@@ -82,9 +82,10 @@ class Ledger:
         parts = self.parts()
         if not parts:
             return BASE_SCHEMA.empty_table() if columns is None else _empty(columns)
+        wanted = None if columns is None else list(dict.fromkeys(["key", *columns]))  # resolution needs key
         tables = []
         for seq, path in parts:
-            t = pq.read_table(path, columns=columns)
+            t = pq.read_table(path, columns=wanted)
             tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, seq, np.int32))))
         table = pa.concat_tables(tables, promote_options="permissive")
         if len(parts) > 1 and table.num_rows:
@@ -94,7 +95,8 @@ class Ledger:
             latest = np.full(len(enc.dictionary), -1, np.int64)
             np.maximum.at(latest, idx, seqs)
             table = table.filter(pa.array(seqs == latest[idx]))
-        return table.drop_columns(["_part"])
+        table = table.drop_columns(["_part"])
+        return table if columns is None or "key" in columns else table.drop_columns(["key"])
 
     def done(self) -> dict[str, tuple[str, int, int]]:
         """key -> (fingerprint, ok rows, all rows) for every key the stage has recorded."""

@@ -1,0 +1,113 @@
+"""Runner: failures become rows, fingerprints drive re-processing, kills resume, Ray matches local."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import RunnerConfig, build_manifest
+from pipeline.ledger import Ledger
+from pipeline.run import run_manifest
+from pipeline.runner import run_stage
+from pipeline.stage import StageContext
+from tests.stages_for_tests import register
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def echo_stage():
+    register()
+
+
+def manifest(photos: Path, **echo) -> object:
+    return build_manifest({"stages": {"ingest": {"sources": [{"path": str(photos), "name": "photos"}]},
+                                      "echo": echo}}, None)
+
+
+def rows(out: Path, stage: str = "echo") -> list[tuple]:
+    t = Ledger(out, stage).read().drop_columns(["_fp"])
+    return sorted(tuple(r.values()) for r in t.to_pylist())
+
+
+def test_a_failing_row_never_fails_its_batch(demo_data, tmp_path):
+    m = manifest(demo_data / "photos", fail_keys=["photos/grace_hopper"], drop_keys=["photos/astronaut"])
+    results = run_manifest(m, tmp_path)
+    echo = {r[0]: r for r in rows(tmp_path)}
+    assert echo["photos/grace_hopper"][1:3] == ("stage_error", "ValueError: cannot echo photos/grace_hopper")
+    assert echo["photos/astronaut"][1:3] == ("stage_error", "stage returned no row for this key")
+    ok = Ledger(tmp_path, "echo").ok_keys()
+    index_ok = set(StageContext(tmp_path).index(["key"])["key"].to_pylist())
+    assert ok == index_ok - {"photos/grace_hopper", "photos/astronaut"}
+    assert results[-1].failed == {"stage_error": 2}
+
+
+def test_fingerprints_decide_what_is_pending(demo_data, tmp_path):
+    ctx = StageContext(tmp_path)
+    m = manifest(demo_data / "photos", fail_keys=["photos/grace_hopper"])
+    run_manifest(m, tmp_path)
+    cfg = m.stages["echo"]
+    n_ok = len(ctx.index(["key"]))
+    assert run_stage("echo", cfg, ctx, RunnerConfig()).pending == 0          # all done, failures included
+    retry = run_stage("echo", cfg, ctx, RunnerConfig(retry_failed=True))
+    assert retry.pending == 1                                                  # only the failed key
+    volatile = build_manifest({"stages": {"echo": {"batch_size": 1, "sleep": 0.0,
+                                                   "fail_keys": ["photos/grace_hopper"]}}}, None).stages["echo"]
+    assert run_stage("echo", volatile, ctx, RunnerConfig()).pending == 0       # batch size changes nothing
+    changed = build_manifest({"stages": {"echo": {"salt": "t"}}}, None).stages["echo"]
+    assert run_stage("echo", changed, ctx, RunnerConfig()).pending == n_ok    # output-changing setting
+    assert all(len([r for r in rows(tmp_path) if r[0] == k]) == 2 for k in ctx.index(["key"])["key"].to_pylist())
+
+
+def test_killed_run_resumes_to_the_same_rows(demo_data, tmp_path):
+    script, photos = str(ROOT / "tests" / "run_killable.py"), str(demo_data / "photos")
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run([sys.executable, script, str(ref), photos, "0"], check=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, script, str(killed), photos, "0.25"])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list((killed / "echo").glob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    parts = sorted((killed / "echo").glob("part-*.parquet"))
+    assert len(parts) >= 3, "the run ended before it could be killed"
+    assert len(rows(killed)) < len(rows(ref)), "killed after the stage finished"
+    for p in parts:  # every visible part is whole
+        pq.read_table(p)
+    subprocess.run([sys.executable, script, str(killed), photos, "0"], check=True, timeout=300)
+    assert rows(killed) == rows(ref)
+    assert rows(killed, "ingest") == rows(ref, "ingest")
+    keys = [r[0] for r in rows(killed)]
+    assert all(keys.count(k) == 3 for k in set(keys))  # no key twice, none missing a row
+    assert not [p for p in (killed / "echo").iterdir() if p.name.startswith(".")]
+    assert pq.read_table(killed / "index.parquet").to_pylist() == pq.read_table(ref / "index.parquet").to_pylist()
+
+
+@pytest.mark.ray
+def test_ray_runner_gives_the_same_rows_as_local(demo_data, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # Ray workers import tests.stages_for_tests
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    m = manifest(demo_data / "photos", fail_keys=["photos/grace_hopper"])
+    run_manifest(m, local)
+    import dataclasses
+
+    m_ray = dataclasses.replace(m, runner=RunnerConfig(kind="ray"))
+    try:
+        run_manifest(m_ray, remote)
+    finally:
+        ray.shutdown()
+    assert rows(remote) == rows(local)
+    assert rows(remote, "ingest") == rows(local, "ingest")
+    a = pq.read_table(local / "index.parquet").drop_columns(["path"]).to_pylist()
+    b = pq.read_table(remote / "index.parquet").drop_columns(["path"]).to_pylist()
+    assert a == b
