@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,8 +155,8 @@ def jpeg_complete(data: bytes) -> bool:
         if marker == 0xFF:
             pos += 1
             continue
-        if marker == 0xDA:
-            return data.find(b"\xff\xd9", pos) != -1
+        if marker == 0xDA:  # search backwards: EOI is normally the last two bytes, trailing data is rare
+            return data.rfind(b"\xff\xd9", pos) != -1
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue
@@ -170,18 +171,21 @@ def _describe(data: bytes) -> str:
     return f"content is not a known image format (starts {head[:8].hex(' ')})"
 
 
+# PIL warns between MAX_IMAGE_PIXELS and twice that; inspect_image checks the size itself, right after
+# reading the header and before any decode, so the warning is noise here.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def inspect_image(data: bytes, verify: str, max_pixels: int) -> dict[str, Any]:
     """Format, mode, displayed size and orientation of encoded image bytes, or an IngestError."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise IngestError("decompression_bomb", str(e)) from None
-        except UnidentifiedImageError:
-            raise IngestError("decode_error", _describe(data)) from None
-        except Exception as e:  # noqa: BLE001 - a malformed header is a decode error, whatever PIL raises
-            raise IngestError("decode_error", f"cannot read the image header: {e}") from None
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # over twice PIL's limit: PIL refuses even the header
+        raise IngestError("decompression_bomb", str(e)) from None
+    except UnidentifiedImageError:
+        raise IngestError("decode_error", _describe(data)) from None
+    except Exception as e:  # noqa: BLE001 - a malformed header is a decode error, whatever PIL raises
+        raise IngestError("decode_error", f"cannot read the image header: {e}") from None
     fmt = img.format or "?"
     if fmt not in FORMAT_EXT:
         raise IngestError("unsupported_format", f"{fmt} images are not ingested (JPEG, PNG, WebP, BMP are)")
@@ -268,7 +272,7 @@ class IngestStage(Stage):
             if info["orientation"] not in (0, 1):
                 out["flags"].append(f"exif_orientation:{info['orientation']}")
             if row["kind"] == "file":
-                ext = Path(row["path"]).suffix.lower()
+                ext = os.path.splitext(row["path"])[1].lower()
                 if FORMAT_EXT[info["format"]] != ext and not (ext == ".jpeg" and info["format"] == "JPEG"):
                     out["flags"].append(f"extension_mismatch:{ext}_is_{info['format']}")
             else:  # materialise container members once so every later stage reads a plain file
@@ -314,18 +318,15 @@ class IngestStage(Stage):
         if inputs is not None:
             table = table.filter(pc.is_in(table["key"], value_set=inputs["key"]))
         table = table.sort_by("key")
-        status, error = table["status"].to_pylist(), table["error"].to_pylist()
-        dup_of: list[str | None] = [None] * table.num_rows
-        first: dict[str, str] = {}
-        for i, (k, s, h) in enumerate(zip(table["key"].to_pylist(), status, table["sha256"].to_pylist(),
-                                          strict=True)):
-            if s != OK:
-                continue
-            if h in first:  # sorted by key, so the twin that stays is the smallest key
-                status[i], error[i], dup_of[i] = "duplicate", f"exact duplicate of {first[h]}", first[h]
-            else:
-                first[h] = k
-        table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
-        table = table.append_column("duplicate_of", pa.array(dup_of, pa.string())).drop_columns(["_fp"])
-        atomic_write_table(table, ctx.out / INDEX)
+        # The twin that stays is the smallest key among the ok rows sharing a sha256 (sorted above).
+        ok = pc.equal(table["status"], OK)
+        first = table.filter(ok).group_by("sha256", use_threads=False).aggregate([("key", "first")])
+        pairs = table.select(["key", "sha256"])  # one row per key, so the sorted join lines up with table
+        twin = pairs.join(first, "sha256", join_type="left outer", use_threads=False).sort_by("key")["key_first"]
+        dup = pc.fill_null(pc.and_kleene(ok, pc.not_equal(twin, table["key"])), False)
+        status = pc.if_else(dup, "duplicate", table["status"])
+        error = pc.if_else(dup, pc.binary_join_element_wise("exact duplicate of ", twin, ""), table["error"])
+        table = table.set_column(table.schema.get_field_index("status"), "status", status)
+        table = table.set_column(table.schema.get_field_index("error"), "error", error)
+        table = table.append_column("duplicate_of", pc.if_else(dup, twin, pa.scalar(None, pa.string())))
+        atomic_write_table(table.drop_columns(["_fp"]), ctx.out / INDEX)

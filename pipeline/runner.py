@@ -159,6 +159,26 @@ def _progress(console: Console) -> Progress:
     )
 
 
+class _LogLines:
+    """Without a terminal (nohup, CI, cluster logs) the bar is off: print a progress line every 30 s."""
+
+    def __init__(self, console: Console, name: str, total: int, every: float = 30.0):
+        self.console, self.name, self.total, self.every = console, name, total, every
+        self.on = not console.is_terminal
+        self.done, self.t0 = 0, time.monotonic()
+        self.last = self.t0
+
+    def advance(self, n: int, failed: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.on and (now - self.last >= self.every or self.done == self.total):
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            self.console.print(f"{self.name}: {self.done:,}/{self.total:,} ({rate:,.1f}/s, eta {eta:,.0f} s, "
+                               f"{failed:,} failed)", highlight=False)
+            self.last = now
+
+
 def _batches(table: pa.Table, size: int) -> Iterator[pa.Table]:
     for i in range(0, table.num_rows, max(1, size)):
         yield table.slice(i, size)
@@ -185,6 +205,7 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
     if pending.num_rows:
         writer = PartWriter(ledger, runner.flush_rows, runner.flush_seconds)
         schema = full_schema(cls)
+        log = _LogLines(console, name, pending.num_rows)
         with _progress(console) as progress:
             task = progress.add_task(name, total=pending.num_rows, failed=0)
             outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner) if runner.kind == "ray"
@@ -194,6 +215,7 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
                 n, bad = _count_failed(table)
                 result.new_failures += bad
                 progress.update(task, advance=n, failed=result.new_failures)
+                log.advance(n, result.new_failures)
         writer.flush()
         ledger.compact()
     cls.finalize(cfg, ctx, inputs)

@@ -57,11 +57,16 @@ def safe_part(text: str, limit: int = 80) -> str:
     return clean
 
 
+_KNOWN_EXT = frozenset(EXTENSIONS + OTHER_IMAGE_EXTENSIONS)
+
+
 def make_key(source: str, rel: PurePosixPath | str) -> str:
-    """`<source>/<dirs>/<stem>` from a relative path, every component made safe."""
-    rel = PurePosixPath(rel)
-    parts = [*rel.parent.parts, rel.stem if rel.suffix.lower() in EXTENSIONS + OTHER_IMAGE_EXTENSIONS else rel.name]
-    return "/".join([source, *(safe_part(p) for p in parts if p not in ("", "."))])
+    """`<source>/<dirs>/<stem>` from a relative path (either separator), every component made safe."""
+    parts = [p for p in str(rel).replace(os.sep, "/").split("/") if p not in ("", ".")]
+    stem, ext = os.path.splitext(parts[-1])
+    if ext.lower() in _KNOWN_EXT:
+        parts[-1] = stem
+    return "/".join([source, *(safe_part(p) for p in parts)])
 
 
 def detect_type(path: Path) -> str:
@@ -103,9 +108,9 @@ def walk_files(root: Path) -> Iterator[tuple[str, str]]:
     """(path, path relative to root) for every file below root; each real folder is entered once,
     so symlink loops end; broken symlinks are yielded too (they become `unreadable` rows)."""
     seen: set[tuple[int, int]] = set()
-    queue = [root]
+    queue = [(str(root), "")]
     while queue:
-        d = queue.pop(0)
+        d, rel = queue.pop(0)
         try:
             st = os.stat(d)
         except OSError:
@@ -114,17 +119,19 @@ def walk_files(root: Path) -> Iterator[tuple[str, str]]:
             continue
         seen.add((st.st_dev, st.st_ino))
         try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
         for e in entries:
+            sub = f"{rel}{e.name}"
             try:
                 if e.is_dir(follow_symlinks=True):
-                    queue.append(Path(e.path))
+                    queue.append((e.path, sub + "/"))
                     continue
             except OSError:
                 pass
-            yield e.path, os.path.relpath(e.path, root)
+            yield e.path, sub
 
 
 def _classify(rel: str) -> str | None:
@@ -168,7 +175,7 @@ def scan_folder(root: Path, source: str) -> Scan:
             ignored.append((path, "not an image file"))
             continue
         size, src = _stat_id(path)
-        rows.append(_row(make_key(source, PurePosixPath(*Path(rel).parts)), source, "file", path, size,
+        rows.append(_row(make_key(source, rel), source, "file", path, size,
                          f"{src}:{path}", preset_error=_preset(kind, rel)))
     return Scan(_dedupe_keys(rows), ignored)
 
