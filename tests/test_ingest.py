@@ -48,7 +48,7 @@ def demo_index(demo_data, tmp_path_factory):
 
 def all_files(root: Path) -> list[Path]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):  # os.walk does not follow the symlink loop
+    for dirpath, _dirs, filenames in os.walk(root):  # os.walk does not follow the symlink loop
         found += [Path(dirpath) / f for f in filenames]
     return found
 
@@ -71,7 +71,7 @@ def test_each_bad_file_has_its_reason_and_everything_else_is_ok(demo_index):
     ok = {k for k, r in rows.items() if r["status"] == "ok"}
     assert ok == set(rows) - set(EXPECTED_BAD)
     assert "text, not an image" in rows["photos/bad/notes"]["error"]
-    assert "16x16 is below min_size 64" == rows["photos/bad/tiny"]["error"]
+    assert rows["photos/bad/tiny"]["error"] == "16x16 is below min_size 64"
 
 
 def test_duplicates_point_at_their_twin(demo_index):
