@@ -33,8 +33,10 @@ def show_overview(out: Path, console: Console, limit: int, status: str | None) -
         index = index.filter(pc.equal(index["status"], status))
     table = Table(title=f"{out / INDEX}: {index.num_rows:,} row(s)" + (f" with status {status}" if status else ""),
                   title_justify="left", header_style="bold")
-    for c in ("key", "status", "size", "mode", "split", "error"):
-        table.add_column(c)
+    table.add_column("key", no_wrap=True)  # keys are what users copy: never cut them
+    for c in ("status", "size", "mode", "split"):
+        table.add_column(c, no_wrap=True)
+    table.add_column("error", overflow="fold")
     for r in index.slice(0, limit).to_pylist():
         size = f"{r['width']}x{r['height']}" if r.get("width") else "-"
         style = "" if r["status"] == "ok" else "red"
