@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.config import StageConfig, must_exist, volatile
+from pipeline.config import ConfigError, StageConfig, must_exist, volatile
 from pipeline.images import FORMAT_EXT, SWAPS_AXES, exif_orientation
 from pipeline.labels import merge_binary_masks
 from pipeline.ledger import OK, atomic_write_bytes, atomic_write_table
@@ -124,24 +124,32 @@ class IngestError(Exception):
 
 def scan(cfg: IngestConfig) -> Scan:
     rows, ignored = [], []
-    for src in cfg.sources:
-        kind, name = src.resolved_type(), src.resolved_name()
-        if kind == "folder":
-            s = scan_folder(src.path, name)
-        elif kind == "celebamask-hq":
-            s = scan_celebamask(src.path, name)
-        elif kind == "ffhq":
-            s = scan_ffhq(src.path, name)
-        elif kind == "webdataset":
-            s = scan_webdataset(src.path, name)
-        else:
-            s = scan_parquet(src.path, name, src.image_column, src.id_column)
-        if src.license:
-            for r in s.rows:
-                r["license"] = r["license"] or src.license
+    for i, src in enumerate(cfg.sources):
+        try:
+            s = _scan_one(src)
+        except ValueError as e:  # a source that cannot be read as configured: say which and why
+            raise ConfigError(f"stages.ingest.sources[{i}] ({src.path}): {e}") from None
         rows += s.rows
         ignored += s.ignored
     return Scan(rows, ignored)
+
+
+def _scan_one(src: SourceConfig) -> Scan:
+    kind, name = src.resolved_type(), src.resolved_name()
+    if kind == "folder":
+        s = scan_folder(src.path, name)
+    elif kind == "celebamask-hq":
+        s = scan_celebamask(src.path, name)
+    elif kind == "ffhq":
+        s = scan_ffhq(src.path, name)
+    elif kind == "webdataset":
+        s = scan_webdataset(src.path, name)
+    else:
+        s = scan_parquet(src.path, name, src.image_column, src.id_column)
+    if src.license:
+        for r in s.rows:
+            r["license"] = r["license"] or src.license
+    return s
 
 
 def jpeg_complete(data: bytes) -> bool:

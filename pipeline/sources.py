@@ -307,9 +307,14 @@ def image_column(schema: pa.Schema, wanted: str | None) -> str:
 def scan_parquet(root: Path, source: str, wanted: str | None, id_column: str | None) -> Scan:
     rows = []
     for path in _files_with(root, ".parquet"):
-        pf = pq.ParquetFile(path)
-        col = image_column(pf.schema_arrow, wanted)
         _, file_id = _stat_id(str(path))
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:  # one broken file is a row, not the end of the run
+            rows.append(_row(make_key(source, f"{path.stem}/__parquet__"), source, "parquet", str(path), 0,
+                             f"{file_id}:__parquet__", preset_error=f"decode_error:not a readable parquet file ({e})"))
+            continue
+        col = image_column(pf.schema_arrow, wanted)
         ids = (pf.read(columns=[id_column])[id_column].to_pylist() if id_column
                else [f"{i:08d}" for i in range(pf.metadata.num_rows)])
         for i, ident in enumerate(ids):

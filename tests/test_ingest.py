@@ -214,3 +214,18 @@ def test_a_changed_file_is_processed_again_and_nothing_else(tmp_path):
     assert again.pending == 1
     row = {r["key"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}["p/1"]
     assert row["width"] == 128
+
+
+def test_a_broken_parquet_file_is_a_row_and_a_missing_image_column_is_one_line(tmp_path):
+    from pipeline.config import ConfigError
+
+    src = tmp_path / "pq"
+    src.mkdir()
+    pq.write_table(pa.table({"img": pa.array([jpeg_bytes((9, 9, 9))], pa.binary())}), src / "a.parquet")
+    (src / "b.parquet").write_bytes(b"PAR1 but not really")
+    rows = ingest(tmp_path / "out", [{"path": str(src), "type": "parquet"}])
+    assert rows["parquet/a/00000000"]["status"] == "ok"
+    assert rows["parquet/b/__parquet__"]["status"] == "decode_error"
+    pq.write_table(pa.table({"text": ["no images here"]}), tmp_path / "t.parquet")
+    with pytest.raises(ConfigError, match=r"sources\[0\] .*no image column"):
+        ingest(tmp_path / "out2", [{"path": str(tmp_path / "t.parquet")}])
