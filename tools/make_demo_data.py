@@ -15,6 +15,7 @@ Usage: python tools/make_demo_data.py [--out .cache/demo] [--force]
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import json
 import os
@@ -178,12 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     if stamp.exists() and stamp.read_text() == VERSION and not args.force:
         print(f"demo data is current in {args.out}")
         return 0
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    make_photos(args.out / "photos")
-    make_celebamask(args.out / "celebamask-hq")
-    make_ffhq(args.out / "ffhq")
-    stamp.write_text(VERSION)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out.parent / f".{args.out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs build it once
+        if stamp.exists() and stamp.read_text() == VERSION and not args.force:
+            return 0
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        make_photos(args.out / "photos")
+        make_celebamask(args.out / "celebamask-hq")
+        make_ffhq(args.out / "ffhq")
+        stamp.write_text(VERSION)
     n = sum(len(files) for _, _, files in os.walk(args.out))
     print(f"demo data: {n} files in {args.out}")
     return 0

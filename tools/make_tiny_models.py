@@ -14,6 +14,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib
 import os
 import pkgutil
@@ -53,13 +54,18 @@ def build(name: str, out_root: Path = DEFAULT_OUT, force: bool = False) -> Path:
     stamp = out / ".stamp"
     if not force and stamp.exists() and stamp.read_text() == version:
         return out
-    tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fn(tmp)
-    (tmp / ".stamp").write_text(version)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # a half-built model never sits under the real name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs build each model once
+        if not force and stamp.exists() and stamp.read_text() == version:
+            return out
+        tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        fn(tmp)
+        (tmp / ".stamp").write_text(version)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)  # a half-built model never sits under the real name
     return out
 
 
