@@ -39,6 +39,32 @@ def must_exist(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     return field(default=default, metadata={"exists": True}, **kw)
 
 
+def model_ref(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A `str` field naming a model: a hub id (`org/name`) or a local folder.
+
+    A value that looks like a path (starts with `.`, `/` or `~`), or names a folder that exists next to
+    the manifest, resolves against the manifest's folder like a `Path` field and must exist; anything
+    else is kept as a hub id.
+    """
+    if default is dataclasses.MISSING:
+        return field(metadata={"model_ref": True}, **kw)
+    return field(default=default, metadata={"model_ref": True}, **kw)
+
+
+def resolve_model_ref(value: str, base: Path | None, where: str) -> str:
+    p = Path(value).expanduser()
+    looks_local = value.startswith((".", "/", "~"))
+    if not p.is_absolute() and base is not None:
+        candidate = Path(os.path.normpath(base / p))
+        if looks_local or candidate.exists():
+            p, looks_local = candidate, True
+    if not looks_local:
+        return value
+    if not p.exists():
+        raise ConfigError(f"{where}: local model folder {p} does not exist (hub ids look like org/name)")
+    return str(p)
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
     """Where and how stages run.
@@ -214,6 +240,8 @@ def from_dict(cls: type, data: Any, where: str = "", base: Path | None = None) -
             raise ConfigError(f"{_join(where, key)}: unknown key{extra}; valid keys: {', '.join(valid)}")
         f = fields[key]
         kwargs[key] = _convert(value, hints[key], _join(where, key), base, bool(f.metadata.get("exists")))
+        if f.metadata.get("model_ref") and isinstance(kwargs[key], str):
+            kwargs[key] = resolve_model_ref(kwargs[key], base, _join(where, key))
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(where, name)}: required key is missing ({_type_name(hints[name])})")

@@ -47,6 +47,11 @@ REGISTRY: dict[str, StageSpec] = {
             "ingest", "pipeline.ingest", "IngestStage", "IngestConfig",
             summary="scan sources, decode, hash, measure and split every image; write index.parquet",
         ),
+        StageSpec(
+            "caption", "pipeline.caption", "CaptionStage", "CaptionConfig", requires=("ingest",),
+            summary="caption every image with each prompt of a prompt set (InternVL3; cached by content)",
+            ledger="captions/raw",
+        ),
     ]
 }
 

@@ -4,12 +4,28 @@ A request is an optional image, chat messages and sampling parameters; a result 
 and output token counts and a finish reason. Engines never raise for one bad request: its result has
 `finish_reason="error"` and `error` set. Implementations: `transformers` (CPU, tests, any machine) and
 `vllm` (GPU throughput; optional extra).
+
+Shared pieces live here so both engines behave the same: `with_image_first` (the image goes first in
+the first user turn, so the prompts of one image share a prefix), `model_revision` (what a result was
+made with, for cache keys), `isolate` (a failing request becomes an error result, never a failed
+batch) and `is_out_of_memory`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+
+from pipeline.config import ConfigError
+
+
+class EngineUnavailable(ConfigError):
+    """An engine whose library is not installed (the message says how to get it; the CLI prints one line)."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,8 @@ class SamplingParams:
         top_p: nucleus sampling mass.
         seed: sampling seed (ignored when greedy).
         json_schema: constrain output to this JSON schema where the engine supports guided decoding.
+        min_tokens: fewest new tokens (end-of-sequence is suppressed until then; benchmarks use it to
+            generate a fixed length from random weights).
     """
 
     max_tokens: int = 128
@@ -29,6 +47,27 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     json_schema: dict[str, Any] | None = None
+    min_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def key(self) -> str:
+        """A stable text form: equal for settings that decode the same (the seed is moot when greedy)."""
+        d = asdict(self)
+        if self.greedy:
+            d.pop("seed")
+            d.pop("top_p")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -58,3 +97,116 @@ class Engine(Protocol):
     revision: str
 
     def generate(self, requests: list[Request]) -> list[Result]: ...
+
+
+def with_image_first(messages: list[dict[str, Any]], has_image: bool) -> list[dict[str, Any]]:
+    """Messages in the content-list form chat templates take, the image item first in the first user turn.
+
+    Putting the image before any text makes every prompt about one image start with the same tokens
+    (chat header + image tokens), which is what prefix caching reuses.
+    """
+    out, placed = [], not has_image
+    for m in messages:
+        content = m.get("content", "")
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        items = [c for c in items if c.get("type") != "image"]
+        if not placed and m.get("role") == "user":
+            items.insert(0, {"type": "image"})
+            placed = True
+        out.append({**m, "content": items})
+    if not placed:
+        raise ValueError("a request with an image needs a user message to put it in")
+    return out
+
+
+def text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with plain string content (what text-only chat templates such as Qwen3's expect)."""
+    out = []
+    for m in messages:
+        content = m.get("content", "")
+        if not isinstance(content, str):
+            content = "".join(c.get("text", "") for c in content if c.get("type") == "text")
+        out.append({**m, "content": content})
+    return out
+
+
+# Files whose content decides what a local model generates (weights are fingerprinted by name and size:
+# hashing gigabytes of safetensors on every run would cost more than the run).
+_CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "chat_template.jinja", "chat_template.json", "processor_config.json",
+                  "preprocessor_config.json", "special_tokens_map.json")
+
+
+def local_revision(path: str | Path) -> str:
+    """`local:<hash>` of a model folder: its config/tokenizer files and its weight files' names and sizes."""
+    path = Path(path)
+    h = hashlib.sha1()
+    for name in sorted(os.listdir(path)):
+        f = path / name
+        if not f.is_file():
+            continue
+        if name in _CONTENT_FILES:
+            h.update(name.encode() + b"\0" + f.read_bytes())
+        elif name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
+            h.update(f"{name}\0{f.stat().st_size}".encode())
+    return "local:" + h.hexdigest()[:12]
+
+
+def model_revision(model: str, revision: str | None = None) -> str:
+    """What a model id resolves to without loading it: a local folder's content hash, or a hub commit.
+
+    For a hub id the commit comes from the local Hugging Face cache (offline, no network); when the
+    model is not cached yet, the requested revision (or `main`) stands in until the engine loads it.
+    """
+    if Path(model).expanduser().is_dir():
+        return local_revision(Path(model).expanduser())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "config.json", revision=revision)
+        if isinstance(found, str):
+            return Path(found).parent.name  # .../snapshots/<commit>/config.json
+    except Exception:  # noqa: BLE001 - an odd cache is not a reason to fail; fall back to the name
+        pass
+    return revision or "main"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA or host out-of-memory, whatever class the framework raised it as."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def error_result(exc: BaseException | str) -> Result:
+    msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return Result(text="", finish_reason="error", error=(msg.strip().splitlines() or [""])[0][:500])
+
+
+def isolate(fn: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result]:
+    """`fn(requests)`; when it raises, bisect until each failing request alone gets an error result.
+
+    Out-of-memory errors are re-raised: the caller shrinks its batch instead of blaming a request.
+    """
+    try:
+        results = fn(requests)
+        if len(results) != len(requests):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
+        return results
+    except Exception as e:  # noqa: BLE001 - one bad request must not fail its batch
+        if is_out_of_memory(e):
+            raise
+        if len(requests) == 1:
+            return [error_result(e)]
+        half = len(requests) // 2
+        return isolate(fn, requests[:half]) + isolate(fn, requests[half:])
+
+
+def digest(*parts: Any) -> str:
+    """A short sha1 over `parts` (strings, or anything JSON-serialisable)."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update((p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:16]
