@@ -52,6 +52,20 @@ REGISTRY: dict[str, StageSpec] = {
             summary="caption every image with each prompt of a prompt set (InternVL3; cached by content)",
             ledger="captions/raw",
         ),
+        StageSpec(
+            "parse", "pipeline.parse", "ParseStage", "ParseConfig", requires=("ingest",),
+            summary="19-class face masks (Segformer, FaRL, trained smp) with per-image parser agreement",
+        ),
+        StageSpec(
+            "sketch", "pipeline.sketch", "SketchStage", "SketchConfig", requires=("ingest",),
+            summary="U2Net portrait sketches (Haar face crop), black lines on white, in the image's frame",
+            ledger="sketches",
+        ),
+        StageSpec(
+            "stats", "pipeline.stats", "StatsStage", "StatsConfig", requires=("parse",), optional=("sketch",),
+            summary="class pixel shares and occurrence per split, EC2Face weights and groups, HTML report",
+            ledger="stats/keys",
+        ),
     ]
 }
 

@@ -1,0 +1,57 @@
+"""Segformer face parsing with transformers (`jonathandinu/face-parsing`, MiT-b5, or any 19-class copy).
+
+The model's own image processor resizes (512x512 bilinear for the real model), rescales by 1/255 and
+normalises with ImageNet statistics; background is a real class (`do_reduce_labels` false). Logits come
+at 1/4 of the processor size and are upsampled bilinearly to each image's own size before the argmax,
+exactly what `post_process_semantic_segmentation(outputs, target_sizes)` does.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.parsers.base import Parsed, Parser, check_label_space, logits_to_label, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+class SegformerParser(Parser):
+    """Batched Segformer inference.
+
+    Args:
+        model: hub id or local folder (config, weights and `preprocessor_config.json`).
+        device: torch device string.
+        dtype: `float32`, `bfloat16` or `float16` weights and activations.
+        revision: hub revision (commit, tag or branch) for a hub id.
+    """
+
+    name = "segformer"
+
+    def __init__(self, model: str, device: str, dtype: str = "float32", revision: str | None = None):
+        super().__init__(device)
+        import torch
+        from transformers import AutoImageProcessor, SegformerForSemanticSegmentation
+
+        kw = {"revision": revision} if revision else {}
+        net = SegformerForSemanticSegmentation.from_pretrained(model, **kw)
+        self.warning = check_label_space(net.config.id2label, model)
+        if self.warning:
+            log.warning(self.warning)
+        self.net = net.to(device=device, dtype=torch_dtype(dtype)).eval()
+        self.dtype = torch_dtype(dtype)
+        self.processor = AutoImageProcessor.from_pretrained(model, **kw)
+        if getattr(self.processor, "do_reduce_labels", False):
+            raise ValueError(f"{model}: its image processor reduces labels (drops background); "
+                             "face parsing needs background as class 0")
+        self._torch = torch
+
+    def __call__(self, images: list[np.ndarray], aligned: list[bool]) -> list[Parsed]:
+        if not images:
+            return []
+        torch = self._torch
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            logits = self.net(pixel_values=pixels.to(self.device, self.dtype)).logits  # (N, 19, h/4, w/4)
+            return [Parsed(logits_to_label(lg, img.shape[:2])) for lg, img in zip(logits, images, strict=True)]
