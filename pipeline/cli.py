@@ -178,8 +178,11 @@ def inspect(
     keys: Annotated[list[str] | None, typer.Argument(help="Keys to show in full (default: a table of the first rows).")] = None,
     limit: Annotated[int, typer.Option(help="Rows in the overview table.")] = 20,
     status_filter: Annotated[str | None, typer.Option("--status", help="Only rows with this status (e.g. decode_error).")] = None,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Render a contact-sheet PNG of shard samples (image, coloured mask, sketch, decoded latent, captions).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples on the contact sheet (when no keys are given).")] = 8,
+    vae: Annotated[str | None, typer.Option("--vae", help="VAE whose latent the sheet decodes (default: flux, else the first).")] = None,
 ) -> None:
-    """Show samples: the index row and every stage's rows for a key.
+    """Show samples: the index row and every stage's rows for a key, or a contact sheet of the shards.
 
     **Examples**
 
@@ -190,11 +193,18 @@ def inspect(
     facecurate inspect runs/faces --status truncated
     # everything about one key
     facecurate inspect runs/faces photos/astronaut
+    # a contact sheet of the first 8 shard samples, latents decoded by their VAE
+    facecurate inspect runs/faces --sheet sheet.png --n 8
     ```
     """
     from pipeline.inspect import show_key, show_overview
 
-    if keys:
+    if sheet is not None:
+        from pipeline.sheet import contact_sheet
+
+        path = contact_sheet(out.resolve(), sheet, n, keys, vae)
+        console.print(f"contact sheet of {len(keys) if keys else n} sample(s): [bold]{path}[/bold]")
+    elif keys:
         for k in keys:
             show_key(out.resolve(), k, out_console)
     else:

@@ -53,6 +53,17 @@ REGISTRY: dict[str, StageSpec] = {
             ledger="captions/raw",
         ),
         StageSpec(
+            "clean", "pipeline.clean", "CleanStage", "CleanConfig", requires=("caption",),
+            summary="rule-based caption cleaning (each rule recorded), exact CLIP token counts, trim to 77",
+            ledger="captions/clean",
+        ),
+        StageSpec(
+            "refine", "pipeline.refine", "RefineStage", "RefineConfig", requires=("clean",), optional=("parse",),
+            summary="Qwen3 rewrites each image's captions into ten unique ones; invented facts and mask "
+                    "contradictions rejected",
+            ledger="captions/final",
+        ),
+        StageSpec(
             "parse", "pipeline.parse", "ParseStage", "ParseConfig", requires=("ingest",),
             summary="19-class face masks (Segformer, FaRL, trained smp) with per-image parser agreement",
         ),
@@ -65,6 +76,16 @@ REGISTRY: dict[str, StageSpec] = {
             "stats", "pipeline.stats", "StatsStage", "StatsConfig", requires=("parse",), optional=("sketch",),
             summary="class pixel shares and occurrence per split, EC2Face weights and groups, HTML report",
             ledger="stats/keys",
+        ),
+        StageSpec(
+            "latents", "pipeline.latents", "LatentsStage", "LatentsConfig", requires=("ingest",),
+            optional=("parse", "sketch"), ledger="latents",
+            summary="VAE latent means (FLUX, SD) of image, coloured mask and sketch, float16, factors recorded",
+        ),
+        StageSpec(
+            "shard", "pipeline.shard", "ShardStage", "ShardConfig", requires=("ingest",),
+            optional=("refine", "parse", "sketch", "latents", "stats"), ledger="shards",
+            summary="WebDataset shards per split with index.json (sha256), features.json and a dataset card",
         ),
     ]
 }

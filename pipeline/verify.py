@@ -2,7 +2,9 @@
 
 Checks: every ledger part reads; `index.parquet` has each key once; every ok image still exists and
 hashes to its recorded sha256; every ledger key is in the index; every label map (`gt_masks/`,
-`masks/`) is a single-channel uint8 PNG with ids 0..18. Later stages add their own checks here.
+`masks/`) is a single-channel uint8 PNG with ids 0..18; shards (when the shard stage ran) are re-hashed
+against `index.json`, every field of every sample is decoded and checked, and their keys must be the
+shard ledger's ok keys (`pipeline/shard_check.py`). Later stages add their own checks here.
 """
 
 from __future__ import annotations
@@ -91,4 +93,7 @@ def verify_run(out: Path, console: Console) -> tuple[list[str], int]:
             if (p := check_label_map(m)) is not None:
                 problems.append(p)
             progress.advance(task)
-    return problems, checks
+    from pipeline.shard_check import check_shards  # shards: checksums, every field, keys vs the ledger
+
+    shard_problems, shard_checks = check_shards(out, console)
+    return problems + shard_problems, checks + shard_checks

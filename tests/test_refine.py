@@ -1,0 +1,310 @@
+"""Refinement: output parsing, the invented-fact guard, mask evidence, dedup and fallback on scripted model
+answers through the real parsing code; and the tiny Qwen3 through the real transformers engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import refine as refine_mod
+from pipeline.clean import CleanConfig
+from pipeline.cli import app
+from pipeline.config import ConfigError, RunnerConfig, from_dict
+from pipeline.engines import Result
+from pipeline.refine import RefineConfig, RefineStage, mask_evidence
+from pipeline.refine_core import KeyState, ParseError, build_messages, dedup_key, parse_output
+from pipeline.runner import run_stage
+from pipeline.stage import StageContext
+from pipeline.tokens import count_tokens
+from tests.captions_data import face_pixels, ingested, keys, write_parse, write_raw
+
+CAPTIONS = [
+    ("fewshot_portrait", "A close-up photo of a young woman with long brown hair, smiling."),
+    ("keywords_appearance", "young, female, long brown hair, brown eyes, smiling, small earrings"),
+    ("detail_accessories", "She wears small gold earrings and no glasses."),
+    ("detail_hair", "Her hair is long, straight and brown with a side part."),
+]
+GOOD = [
+    "A young woman with long brown hair smiles at the camera.",
+    "A smiling young woman with brown eyes and long straight brown hair.",
+    "Portrait of a young woman wearing small gold earrings, smiling.",
+    "A close-up of a smiling woman with long brown hair parted to the side.",
+    "A young woman with brown eyes, long brown hair and small earrings.",
+    "A close-up photo of a smiling young woman who wears no glasses.",
+    "Long straight brown hair frames the smiling face of a young woman.",
+    "A young woman smiling softly, her brown hair long and straight.",
+    "A smiling woman with a side part in her long brown hair.",
+    "A young woman with small gold earrings and long brown hair.",
+]
+
+
+def answer(texts: list[str], sources: list[str] | None = None) -> str:
+    sources = sources or ["new"] * len(texts)
+    return json.dumps({"captions": [{"text": t, "source": s} for t, s in zip(texts, sources, strict=True)]})
+
+
+# -- parsing ----------------------------------------------------------------------------------------------
+
+
+def test_parse_accepts_the_schema_fences_thinking_and_bare_lists():
+    assert parse_output(answer(["A woman."], ["p1"])) == ([("A woman.", "p1")], False)
+    fenced = "<think>\nok\n</think>\n```json\n" + answer(["A man."]) + "\n```"
+    assert parse_output(fenced) == ([("A man.", "new")], False)
+    assert parse_output('Here you go: ["A woman.", {"text": "A man.", "source": "p2"}]') == \
+        ([("A woman.", "new"), ("A man.", "p2")], False)
+
+
+def test_parse_salvages_complete_captions_of_a_cut_off_answer():
+    cut = answer(GOOD[:3])[:-60]  # max_tokens reached inside the third caption
+    items, salvaged = parse_output(cut)
+    assert salvaged and [t for t, _ in items] == GOOD[:2]
+
+
+@pytest.mark.parametrize("text,reason", [("", "empty_output"), ("\n\n\n", "empty_output"),
+                                         ("A woman with brown hair.", "no_json"), ('{"captions": [', "bad_json"),
+                                         ('{"captions": "a woman"}', "bad_shape"), ('{"captions": [1, 2]}', "bad_shape")])
+def test_parse_errors_say_why(text, reason):
+    with pytest.raises(ParseError) as e:
+        parse_output(text)
+    assert e.value.reason == reason
+
+
+# -- the guard --------------------------------------------------------------------------------------------
+
+
+def state(evidence: dict | None = None, captions=CAPTIONS) -> KeyState:
+    return KeyState("k", list(captions), evidence or {})
+
+
+def test_invented_facts_are_rejected_and_synonyms_accepted():
+    s = state()
+    assert s.offer("A young woman with long red hair, smiling.", "new") == "invented_fact"
+    assert s.offer("A smiling young woman with long brown hair and glasses.", "new") == "invented_fact"
+    assert s.offer("A young woman with long brown hair, wearing a black hat.", "new") == "invented_fact"
+    assert s.offer("A laughing young woman with brown hair.", "new") == "invented_fact"  # smiling != laughing
+    assert s.offer("An elderly woman with long brown hair.", "new") == "invented_fact"
+    assert s.offer("A smiling young man with long brown hair.", "new") == "invented_fact"
+    assert s.offer("She wears no necklace.", "new") == "invented_fact"  # a denial no input makes
+    # synonyms and implied facts are not inventions
+    assert s.offer("A smiling young female with long brunette hair and small gold earrings.", "fewshot_portrait") == ""
+    assert s.offer("A young lady with brown eyes who is not wearing eyeglasses, smiling.", "new") == ""
+    assert s.rejected["invented_fact"] == 7
+    assert [p for _, p, _ in s.accepted] == ["refined:fewshot_portrait", "generated"]
+    assert "which no caption states" in s.examples[0][1]
+
+
+def test_mask_evidence_overrules_captions_and_allows_what_it_shows():
+    s = state({"eyeglasses": "absent", "hat": "unknown", "earrings": "present", "necklace": "absent"},
+              captions=[*CAPTIONS, ("detail_makeup", "She wears glasses and a thin necklace.")])
+    assert s.offer("A smiling young woman with long brown hair and glasses.", "new") == "mask_contradiction"
+    assert s.offer("A young woman with a thin necklace and long brown hair.", "new") == "mask_contradiction"
+    assert s.offer("A young woman with long brown hair and no earrings.", "new") == "invented_fact"
+    assert s.offer("A young woman with long brown hair and earrings, without a necklace.", "new") == ""
+    assert s.rejected == {"mask_contradiction": 2, "invented_fact": 1}
+
+
+def test_duplicates_differing_in_case_punctuation_or_articles_are_rejected():
+    s = state()
+    assert s.offer(GOOD[0], "new") == ""
+    assert s.offer(GOOD[0].upper(), "new") == "duplicate"
+    assert s.offer("young woman with long brown hair smiles at camera", "new") == "duplicate"
+    assert dedup_key("A Woman, smiling!") == dedup_key("woman smiling")
+
+
+def test_result_fills_from_cleaned_captions_and_never_invents():
+    s = state()
+    for t in GOOD[:5]:
+        s.parsed = True
+        assert s.offer(t, "new") == ""
+    caps, prov, toks, flags = s.result()
+    assert len(caps) == 9 and len(set(map(dedup_key, caps))) == 9  # 5 refined + 4 cleaned, all unique
+    assert prov[5:] == [f"cleaned:{pid}" for pid, _ in CAPTIONS]
+    assert "filled_from_cleaned" in flags and "too_few_captions" in flags and "no_mask_evidence" in flags
+    assert toks == count_tokens(caps).tolist() and max(toks) <= 77
+
+
+def test_fallback_captions_are_fitted_to_a_smaller_refine_budget():
+    s = KeyState("k", list(CAPTIONS), {}, budget=12)
+    caps, _, toks, flags = s.result()
+    assert max(toks) <= 12 and toks == count_tokens(caps).tolist() and "trimmed=3" in flags
+
+
+def test_the_final_check_flags_captions_that_contradict_the_mask():
+    s = state({"eyeglasses": "absent", "hat": "absent", "earrings": "absent", "necklace": "unknown"})
+    caps, prov, _, flags = s.result()  # nothing parsed: the cleaned captions, checked against the mask
+    assert prov == [f"cleaned:{pid}" for pid, _ in CAPTIONS]
+    assert "fallback:unparseable" in flags
+    assert {f for f in flags if f.startswith("mask_contradiction")} == {"mask_contradiction:earrings@1",
+                                                                          "mask_contradiction:earrings@2"}
+
+
+def test_retry_messages_ask_for_the_missing_count_and_show_rejections():
+    msgs = build_messages(CAPTIONS, {"hat": "absent"}, 3, ["A woman."], [("A man with a hat.", "mask says no")])
+    user = msgs[1]["content"]
+    assert "Write 3 different captions" in user and "hat: absent" in user and "A man with a hat." in user
+    assert "[keywords_appearance]" in user and msgs[0]["role"] == "system"
+
+
+# -- the stage with a scripted engine (logic) and with the tiny Qwen3 (real engine) -------------------------
+
+
+class ScriptedEngine:
+    """Answers from a script, one list of texts per round; records every request it gets."""
+
+    model_id, revision = "scripted", "0"
+
+    def __init__(self, rounds: list[list[str]], guided: bool = False):
+        self.rounds, self.requests = list(rounds), []
+        self.supports_json_schema = guided
+
+    def generate(self, requests):
+        self.requests.append(requests)
+        texts = self.rounds.pop(0)
+        return [Result(text=t, output_tokens=10) if t != "ERROR" else Result("", finish_reason="error", error="boom")
+                for t in texts]
+
+
+def prepared(demo_data, tmp_path, n_keys: int = 3, parse: dict | None = None) -> Path:
+    out = ingested(demo_data, tmp_path)
+    ks = keys(out)[:n_keys]
+    write_raw(out, [{"key": k, "prompt_id": pid, "text": text, "prompt_kind": pid.split("_")[0]}
+                    for k in ks for pid, text in CAPTIONS])
+    run_stage("clean", from_dict(CleanConfig, {}, "stages.clean"), StageContext(out), RunnerConfig())
+    if parse:
+        write_parse(out, {ks[i]: px for i, px in parse.items()})
+    return out
+
+
+def refine(out: Path, **settings):
+    cfg = from_dict(RefineConfig, {"model": "scripted", **settings}, "stages.refine")
+    return run_stage("refine", cfg, StageContext(out), RunnerConfig())
+
+
+def final_rows(out: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in StageContext(out).ledger("refine").read().to_pylist()}
+
+
+def test_stage_rejects_retries_and_accepts_with_a_scripted_engine(demo_data, tmp_path, monkeypatch):
+    # k0's mask shows earrings; k1's shows eyeglasses and no earrings; k2 has no mask
+    out = prepared(demo_data, tmp_path, parse={0: face_pixels(ear_r=900), 1: face_pixels(eye_g=6000)})
+    k0, k1, k2 = keys(out)
+    glasses = ["A smiling young woman with long brown hair and eyeglasses.",
+               "A young woman wearing eyeglasses, with brown eyes.",
+               "A woman with long brown hair in eyeglasses, smiling.",
+               "Eyeglasses and long straight brown hair on a young woman."]
+    rounds = [
+        # round 1 (k0, k1, k2): k0 gets 8 good + an invention + a duplicate; k1 unparseable; k2 engine error
+        [answer(GOOD[:8] + ["A young woman with red hair.", GOOD[0]], ["fewshot_portrait"] + ["new"] * 9),
+         "I think the captions are fine.", "ERROR"],
+        # round 2: k0 asked for 2 more; k1 and k2 again for 10. For k1, the 3 earring captions and the
+        # "no glasses" one contradict its mask.
+        [answer(GOOD[8:]), answer(GOOD), "ERROR"],
+        [answer(glasses), answer(GOOD)],  # round 3: k1 needs 4 more, k2 all ten
+    ]
+    engine = ScriptedEngine(rounds, guided=True)
+    monkeypatch.setattr(refine_mod, "make_engine", lambda *a, **kw: engine)
+    refine(out, batch_size=8)
+    assert [len(r) for r in engine.requests] == [3, 3, 2]  # every round is one batched call
+    second = {r.messages[1]["content"].count("Already accepted"): r for r in engine.requests[1]}
+    assert "Write 2 different captions" in second[1].messages[1]["content"]
+    assert second[1].sampling.json_schema["properties"]["captions"]["minItems"] == 2  # guided: exactly 2
+    assert second[1].sampling.temperature == 0.7 and engine.requests[0][0].sampling.temperature == 0.0
+    assert "Write 4 different captions" in engine.requests[2][0].messages[1]["content"]
+    rows = final_rows(out)
+    r0, r1, r2 = rows[k0], rows[k1], rows[k2]
+    assert r0["captions"] == GOOD and r0["provenance"][0] == "refined:fewshot_portrait"
+    assert "rejected:invented_fact=1" in r0["flags"] and "rejected:duplicate=1" in r0["flags"]
+    assert r1["captions"] == [GOOD[i] for i in (0, 1, 3, 6, 7, 8)] + glasses
+    assert "rejected:unparseable=1" in r1["flags"] and "rejected:mask_contradiction=4" in r1["flags"]
+    assert r2["status"] == "ok" and r2["captions"] == GOOD and "rejected:engine_error=2" in r2["flags"]
+    assert "no_mask_evidence" in r2["flags"] and "no_mask_evidence" not in r0["flags"]
+    for r in rows.values():
+        assert max(r["clip_tokens"]) <= 77 and len(set(r["captions"])) == 10
+        assert not any(f.startswith(("mask_contradiction", "fallback", "too_few")) for f in r["flags"])
+
+
+def test_a_crashing_engine_gives_engine_error_rows_with_fallback_captions(demo_data, tmp_path, monkeypatch):
+    out = prepared(demo_data, tmp_path, n_keys=2)
+
+    class Crashing(ScriptedEngine):
+        def generate(self, requests):
+            raise RuntimeError("CUDA error: device-side assert")
+
+    monkeypatch.setattr(refine_mod, "make_engine", lambda *a, **kw: Crashing([]))
+    result = refine(out, max_retries=1)
+    assert result.counts["engine_error"] == 2  # not ok, so --retry-failed runs them again
+    for r in final_rows(out).values():
+        assert r["status"] == "engine_error" and "device-side assert" in r["error"]
+        assert "fallback:engine_error" in r["flags"] and len(r["captions"]) == len(CAPTIONS)
+
+
+def test_identical_inputs_reuse_the_ledger_row_without_generating(demo_data, tmp_path, monkeypatch):
+    out = prepared(demo_data, tmp_path)
+    engine = ScriptedEngine([[answer(GOOD)] * 3])
+    monkeypatch.setattr(refine_mod, "make_engine", lambda *a, **kw: engine)
+    refine(out)
+    assert len(engine.requests) == 1
+    assert refine(out).pending == 0  # unchanged inputs: not pending at all
+    cfg = from_dict(RefineConfig, {"model": "scripted"}, "stages.refine")
+    stage = RefineStage(cfg, StageContext(out))
+    inputs = RefineStage.inputs(cfg, StageContext(out))
+    row = final_rows(out)[keys(out)[0]]
+    batch = {"key": ["photos/copy"], "inputs": [inputs["inputs"][0].as_py()], "_fp": [row["_fp"]]}
+    got = stage(batch)  # a new key whose inputs hash equals an existing row's: reused, nothing generated
+    assert got["captions"] == [row["captions"]] and len(engine.requests) == 1
+
+
+def test_mask_evidence_thresholds(demo_data, tmp_path):
+    out = prepared(demo_data, tmp_path, parse={0: face_pixels(eye_g=6000, hat=40, ear_r=100, neck_l=3),
+                                               1: face_pixels(eye_g=200, hat=20000)})
+    cfg = from_dict(RefineConfig, {"model": "scripted"}, "stages.refine")
+    ev = mask_evidence(out, cfg)
+    k0, k1, _ = keys(out)
+    assert ev[k0] == {"eyeglasses": "present", "hat": "unknown", "earrings": "present", "necklace": "absent"}
+    assert ev[k1] == {"eyeglasses": "unknown", "hat": "present", "earrings": "absent", "necklace": "absent"}
+    strict = from_dict(RefineConfig, {"model": "scripted", "mask_present_share": {"earrings": 0.001}}, "stages.refine")
+    assert mask_evidence(out, strict)[k0]["earrings"] == "unknown"
+    assert mask_evidence(tmp_path / "nothing", cfg) is None
+
+
+def test_settings_errors_are_one_line():
+    with pytest.raises(ConfigError, match="unknown item.*glasses"):
+        from_dict(RefineConfig, {"model": "x", "mask_present_share": {"glasses": 0.1}}, "stages.refine")
+    with pytest.raises(ConfigError, match="above mask_absent_share"):
+        from_dict(RefineConfig, {"model": "x", "mask_present_share": {"hat": 0.00001}}, "stages.refine")
+    with pytest.raises(ConfigError, match="budget"):
+        from_dict(RefineConfig, {"model": "x", "budget": 78}, "stages.refine")
+
+
+def test_tiny_qwen3_through_the_transformers_engine_falls_back_visibly(demo_data, tmp_path, tiny_model):
+    model = tiny_model("qwen3")
+    out = prepared(demo_data, tmp_path, parse={0: face_pixels(eye_g=6000)})
+    cfg = from_dict(RefineConfig, {"model": str(model), "max_new_tokens": 24, "max_retries": 1}, "stages.refine")
+    result = run_stage("refine", cfg, StageContext(out), RunnerConfig())
+    assert result.pending == 3 and result.ok == 3
+    rows = final_rows(out)
+    for r in rows.values():
+        assert "fallback:unparseable" in r["flags"] and "rejected:unparseable=2" in r["flags"]
+        assert len(r["captions"]) == len(CAPTIONS) and "too_few_captions" in r["flags"]
+        assert len({dedup_key(c) for c in r["captions"]}) == len(r["captions"])
+        assert r["clip_tokens"] == count_tokens(r["captions"]).tolist() and max(r["clip_tokens"]) <= 77
+        assert all(p.startswith("cleaned:") for p in r["provenance"])
+    k0 = keys(out)[0]
+    # the mask shows glasses and no earrings: "no glasses" (caption 2) and the earrings (1, 2) contradict it
+    assert {f for f in rows[k0]["flags"] if f.startswith("mask_contradiction")} == {
+        "mask_contradiction:eyeglasses@2", "mask_contradiction:earrings@1", "mask_contradiction:earrings@2"}
+    report = json.loads((out / "captions" / "report.json").read_text())
+    assert report["flags"]["fallback:unparseable"] == 3 and report["rejections"]["unparseable"] == 6
+    assert report["mask"]["contradictions"] == {"eyeglasses": 1, "earrings": 2}
+    assert report["mask"]["images_with_evidence"] == 1 and report["tokens"]["over_budget"] == 0
+    assert report["coverage"]["hair_color"] == 1.0
+    assert (out / "captions" / "token_lengths.png").stat().st_size > 1000
+    assert "Captions" in (out / "captions" / "report.html").read_text()
+    assert run_stage("refine", cfg, StageContext(out), RunnerConfig()).pending == 0  # the ledger is the cache
+    cli = CliRunner().invoke(app, ["refine", str(out), "--model", str(model), "--max-new-tokens", "24",
+                                   "--max-retries", "1"])
+    assert cli.exit_code == 0, cli.output
+    assert "fallback:unparseable" in cli.output and "rejections by reason" in cli.output

@@ -1,0 +1,363 @@
+"""Shards: every field round-trips, plain loaders read them, verify catches damage, a killed run resumes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from pipeline.config import ConfigError
+from pipeline.labels import class_pixel_counts
+from pipeline.latents import read_npz_members
+from pipeline.ledger import Ledger
+from pipeline.stage import StageContext
+from pipeline.verify import verify_run
+from pipeline.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment
+from tests.shard_helpers import (
+    FAILED_PARSE,
+    NO_CAPTIONS,
+    NO_SKETCH,
+    RESOLUTION,
+    captions_for,
+    copy_run,
+    ingest,
+    run,
+    stage_settings,
+    write_upstream,
+)
+from tests.test_latents import reference_view
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def encoded(demo_data, tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shard") / "encoded"
+    ingest(demo_data, out)
+    write_upstream(out)
+    run(out, {"latents": stage_settings(tiny_model)["latents"]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded(encoded, tiny_model, tmp_path_factory) -> Path:
+    out = copy_run(encoded, tmp_path_factory.mktemp("shard") / "sharded")
+    run(out, {"shard": stage_settings(tiny_model)["shard"]})
+    return out
+
+
+def all_samples(out: Path) -> dict[str, tuple[str, dict[str, bytes]]]:
+    """key -> (shard name, fields), failing on a key seen twice."""
+    index = json.loads((out / "shards" / "index.json").read_text())
+    found: dict[str, tuple[str, dict[str, bytes]]] = {}
+    for e in index["shards"]:
+        for name, fields in iter_tar(out / "shards" / e["name"]):
+            key = decode_key(name)
+            assert key not in found, f"{key} twice"
+            found[key] = (e["name"], fields)
+    return found
+
+
+def png(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    assert img.mode == "L"
+    return np.asarray(img)
+
+
+def test_every_field_reads_back_equal(sharded):
+    out = sharded
+    index_rows = {r["key"]: r for r in StageContext(out).index(["key", "path", "split", "license", "gt_mask"]).to_pylist()}
+    samples = all_samples(out)
+    assert set(samples) == set(index_rows)
+    latents = {(r["key"], r["vae"]): r for r in Ledger(out, "latents").read().to_pylist()}
+    for key, (shard, f) in samples.items():
+        meta = json.loads(f["json"])
+        row = index_rows[key]
+        assert shard.startswith(row["split"] + "-") and meta["split"] == row["split"]
+        assert (meta["key"], meta["license"], meta["resolution"]) == (key, row["license"], RESOLUTION)
+        photo = reference_view(Path(row["path"]), RESOLUTION, Image.Resampling.LANCZOS).astype(np.float64)
+        jpg = np.asarray(Image.open(io.BytesIO(f["jpg"])).convert("RGB")).astype(np.float64)
+        assert 10 * np.log10(255**2 / np.mean((jpg - photo) ** 2)) > 30  # JPEG q95 of the same view
+        mask_path = row["gt_mask"] or (None if key == FAILED_PARSE else f"masks/{key}.png")
+        if mask_path is None:
+            assert "mask.png" not in f and "no_mask" in meta["flags"] and meta["class_pixels"] == [0] * 19
+        else:
+            want = reference_view(out / mask_path, RESOLUTION, Image.Resampling.NEAREST, "L")
+            assert np.array_equal(png(f["mask.png"]), want)
+            assert meta["class_pixels"] == class_pixel_counts(want).tolist()
+            assert meta["mask_source"] == ("gt" if row["gt_mask"] else "segformer")
+        if key == NO_SKETCH:
+            assert "sketch.png" not in f and "no_sketch" in meta["flags"]
+            assert "flux.sketch_latent.npy" not in f
+        else:
+            want = reference_view(out / f"sketches/{key}.png", RESOLUTION, Image.Resampling.LANCZOS, "L")
+            assert np.array_equal(png(f["sketch.png"]), want)
+        if key == NO_CAPTIONS:
+            assert "captions.json" not in f and "no_captions" in meta["flags"]
+        else:
+            assert json.loads(f["captions.json"]) == captions_for(key)
+        for vae, channels in (("flux", 16), ("sd", 4)):
+            members = read_npz_members(out / latents[(key, vae)]["file"])
+            for kind, field in (("image", "latent"), ("mask", "mask_latent"), ("sketch", "sketch_latent")):
+                if kind in members:
+                    assert f[f"{vae}.{field}.npy"] == members[kind]  # bit-exact: the same .npy bytes
+            a = np.load(io.BytesIO(f[f"{vae}.latent.npy"]), allow_pickle=False)
+            assert a.dtype == np.float16 and a.shape == (channels, RESOLUTION // 8, RESOLUTION // 8)
+            assert meta["vae"][vae]["channels"] == channels
+        assert meta["vae"]["flux"]["scaling_factor"] == 0.3611 and meta["vae"]["flux"]["shift_factor"] == 0.1159
+        assert meta["vae"]["sd"]["shift_factor"] is None
+    flagged = [k for k, (_, f) in samples.items() if "sketch:no_face" in json.loads(f["json"])["flags"]]
+    assert flagged  # upstream flags travel, prefixed with their stage
+
+    index = json.loads((out / "shards" / "index.json").read_text())
+    assert index["samples"] == len(samples) and index["left_out"] == {}
+    import hashlib
+
+    for e in index["shards"]:
+        data = (out / "shards" / e["name"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (e["bytes"], e["sha256"])
+        assert 1 <= e["samples"] <= 4
+    assert sorted(index["splits"]) == ["test", "train", "val"]
+    card = (out / "shards" / "README.md").read_text()
+    assert "## How to load" in card and "Public Domain Mark" in card and "flux" in card
+    assert verify_run(out, QUIET)[0] == []
+
+
+def test_plain_webdataset_and_hf_datasets_load_the_shards(sharded, tmp_path):
+    import datasets
+    import webdataset as wds
+
+    shards = sharded / "shards"
+    ours = {k: f for k, (_, f) in all_samples(sharded).items()}
+    grey = lambda b: np.asarray(Image.open(io.BytesIO(b)))  # noqa: E731 - the card's recipe
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
+    seen = 0
+    for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode(
+            wds.handle_extension("mask.png sketch.png", grey), "rgb8"):
+        key = s["json"]["key"]
+        assert decode_key(s["__key__"]) == key and s["jpg"].shape == (RESOLUTION, RESOLUTION, 3)
+        if "mask.png" in s:
+            assert s["mask.png"].shape == (RESOLUTION, RESOLUTION) and s["mask.png"].max() < 19
+        z = np.load(io.BytesIO(ours[key]["flux.latent.npy"]), allow_pickle=False)
+        assert s["flux.latent.npy"].dtype == np.float16 and np.array_equal(s["flux.latent.npy"].view(np.uint16), z.view(np.uint16))
+        seen += 1
+    assert seen == len(ours)
+
+    features = datasets.Features.from_dict(json.loads((shards / "features.json").read_text()))
+    index = json.loads((shards / "index.json").read_text())
+    for split, d in index["splits"].items():
+        ds = datasets.load_dataset("webdataset", data_files={split: str(shards / f"{split}-*.tar")}, split=split,
+                                   features=features, cache_dir=str(tmp_path / "hf"))
+        assert len(ds) == d["samples"]
+        for r in ds.with_format("numpy"):
+            key = r["json"]["key"]
+            z = np.load(io.BytesIO(ours[key]["sd.latent.npy"]), allow_pickle=False)
+            assert np.array_equal(r["sd.latent.npy"], z.astype(np.float32))  # float16 widened exactly
+            assert (r["sketch.png"] is None) == (key == NO_SKETCH)
+    card = datasets.load_dataset(str(shards), split="val", cache_dir=str(tmp_path / "hf2"))  # README's YAML
+    assert len(card) == index["splits"]["val"]["samples"] and card[0]["mask.png"].mode == "L"
+
+
+def test_the_dataset_cards_code_runs(sharded, tmp_path, monkeypatch):
+    import re
+
+    import datasets
+
+    card = (sharded / "shards" / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(sharded)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    wds_ns: dict = {}
+    exec(blocks[0], wds_ns)  # noqa: S102 - the card's own snippet, on this run's shards
+    assert wds_ns["image"].shape == (RESOLUTION, RESOLUTION, 3) and wds_ns["z"].dtype == np.float16
+    hf_ns: dict = {}
+    exec(blocks[1], hf_ns)  # noqa: S102
+    index = json.loads((sharded / "shards" / "index.json").read_text())
+    assert len(hf_ns["ds"]) == index["splits"]["train"]["samples"]
+
+
+def test_require_leaves_samples_out_with_a_reason(encoded, tiny_model, tmp_path):
+    out = copy_run(encoded, tmp_path / "run")
+    (result,) = run(out, {"shard": stage_settings(tiny_model, require=["sketch", "captions"])["shard"]})
+    rows = {r["key"]: r for r in Ledger(out, "shards").read().to_pylist()}
+    assert rows[NO_SKETCH]["status"] == "missing_sketch" and "require" in rows[NO_SKETCH]["error"]
+    assert rows[NO_CAPTIONS]["status"] == "missing_captions"
+    assert result.failed == {"missing_captions": 1, "missing_sketch": 1}
+    index = json.loads((out / "shards" / "index.json").read_text())
+    assert index["left_out"] == {"missing_captions": 1, "missing_sketch": 1}
+    assert set(all_samples(out)) == set(rows) - {NO_SKETCH, NO_CAPTIONS}
+    assert verify_run(out, QUIET)[0] == []
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Rewrite a shard through `edit(key, fields) -> fields | None` and fix its index entry (so only the
+    content checks, not the checksum, can catch what changed)."""
+    import hashlib
+
+    samples = [(decode_key(n), f) for n, f in iter_tar(path)]
+    kept = [(k, edit(k, dict(f))) for k, f in samples]
+    data = b"".join(sample_fragment(k, list(f.items())) for k, f in kept if f is not None) + END_OF_ARCHIVE
+    path.write_bytes(data)
+    index_path = path.parent / "index.json"
+    index = json.loads(index_path.read_text())
+    for e in index["shards"]:
+        if e["name"] == path.name:
+            e.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), samples=sum(f is not None for _, f in kept))
+    index["samples"] = sum(e["samples"] for e in index["shards"])
+    index_path.write_text(json.dumps(index))
+
+
+def test_verify_catches_a_flipped_byte_and_every_mismatch(sharded, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = copy_run(sharded, tmp_path / "run")
+    first = out / "shards" / "train-000000.tar"
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    first.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1 and "train-000000.tar: sha256 differs" in result.output
+
+    out = copy_run(sharded, tmp_path / "run2")
+    (out / "shards" / "train-000099.tar").write_bytes(END_OF_ARCHIVE)
+    rgb = io.BytesIO()
+    Image.new("RGB", (RESOLUTION, RESOLUTION)).save(rgb, "PNG")
+    victim = {}
+
+    def damage(key, f):
+        if not victim:
+            victim["dropped"] = key
+            return None                      # a sample missing from the shards
+        if "mask.png" in f and "rgb" not in victim:
+            victim["rgb"] = key
+            f["mask.png"] = rgb.getvalue()   # a 3-channel mask
+        return f
+
+    _rewrite(out / "shards" / "val-000000.tar", damage)
+    problems, _ = verify_run(out, QUIET)
+    text = "\n".join(problems)
+    assert "train-000099.tar: on disk but not in index.json" in text
+    assert f"{victim['rgb']}: ValueError: mask.png is RGB" in text
+    assert "in the shard ledger but in no shard" in text and victim["dropped"] in text
+
+
+def test_rerun_rewrites_nothing_and_replanning_reprepares_nothing(sharded, tiny_model, tmp_path):
+    out = copy_run(sharded, tmp_path / "run")
+    settings = stage_settings(tiny_model)["shard"]
+    shards = out / "shards"
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    index = (shards / "index.json").read_text()
+    (again,) = run(out, {"shard": settings})
+    assert again.pending == 0 and (shards / "index.json").read_text() == index
+    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")} == stamps  # nothing rewritten
+    keys = set(all_samples(out))
+
+    (bigger,) = run(out, {"shard": {**settings, "max_samples": 100, "order": "key"}})  # assembly only
+    assert bigger.pending == 0
+    assert sorted(p.name for p in shards.glob("*.tar")) == ["test-000000.tar", "train-000000.tar", "val-000000.tar"]
+    assert set(all_samples(out)) == keys
+
+    (dropped,) = run(out, {"shard": {**settings, "keep_staged": False}})  # fragments deleted after assembly
+    assert dropped.pending == 0 and not list((shards / ".samples").rglob("*.tar"))
+    (smaller,) = run(out, {"shard": {**settings, "max_samples": 2}})  # re-plan: lost fragments re-made
+    assert smaller.pending == 0 and len(list(shards.glob("train-*.tar"))) == 5
+    assert set(all_samples(out)) == keys and verify_run(out, QUIET)[0] == []
+
+    t = Ledger(out, "captions/final").read()  # one key's captions change: only it is prepared again
+    changed = t.filter(pc.equal(t["key"], "celebahq/0"))
+    changed = changed.set_column(changed.schema.get_field_index("captions"), "captions",
+                                 pa.array([["a new caption"]], pa.list_(pa.string())))
+    Ledger(out, "captions/final").write(changed.set_column(changed.schema.get_field_index("_fp"), "_fp", pa.array(["new"])))
+    (one,) = run(out, {"shard": {**settings, "max_samples": 2}})
+    assert one.pending == 1 and json.loads(all_samples(out)["celebahq/0"][1]["captions.json"]) == ["a new caption"]
+
+
+def test_stale_latents_are_flagged_not_paired(encoded, tiny_model, tmp_path):
+    out = copy_run(encoded, tmp_path / "run")
+    key = "photos/variants/hopper"  # its mask changes after the latents were made
+    img = Image.open(out / "masks" / f"{key}.png")
+    Image.fromarray(np.full(img.size[::-1], 13, np.uint8), "L").save(out / "masks" / f"{key}.png")
+    run(out, {"shard": stage_settings(tiny_model)["shard"]})
+    _, f = all_samples(out)[key]
+    meta = json.loads(f["json"])
+    assert {"stale_latents:flux", "stale_latents:sd"} <= set(meta["flags"]) and meta["vae"] == {}
+    assert "flux.latent.npy" not in f and png(f["mask.png"]).min() == 13
+    assert verify_run(out, QUIET)[0] == []
+
+
+def test_shard_resolution_must_match_the_latents(encoded, tiny_model, tmp_path):
+    out = copy_run(encoded, tmp_path / "run")
+    with pytest.raises(ConfigError, match="resolution: 128, but the latents were encoded at"):
+        run(out, {"shard": {**stage_settings(tiny_model)["shard"], "resolution": 128}})
+
+
+@pytest.mark.parametrize("phase", ["prepare", "assemble"])
+def test_killed_shard_run_resumes_without_duplicates_or_gaps(encoded, tmp_path, phase):
+    script, settings = str(ROOT / "tests" / "run_shard_killable.py"), json.dumps({"max_samples": 3})
+    ref = copy_run(encoded, tmp_path / "ref")
+    subprocess.run([sys.executable, script, str(ref), "none", settings], check=True, timeout=300)
+    killed = copy_run(encoded, tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, script, str(killed), phase, settings])
+    shards = killed / "shards"
+
+    def progressed() -> bool:
+        if phase == "prepare":
+            return len(list(shards.glob("part-*.parquet"))) >= 4
+        return len([p for p in shards.glob("*.tar")]) >= 2
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not progressed() and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert progressed() and not (shards / "index.json").exists(), "the run ended before it could be killed"
+    subprocess.run([sys.executable, script, str(killed), "none", settings], check=True, timeout=300)
+    assert (shards / "index.json").read_text() == (ref / "shards" / "index.json").read_text()
+    for p in (ref / "shards").glob("*.tar"):
+        assert (shards / p.name).read_bytes() == p.read_bytes()
+    assert set(all_samples(killed)) == set(all_samples(ref))  # all_samples fails on a duplicate key
+    assert not [p for p in shards.iterdir() if ".tmp-" in p.name]
+    assert verify_run(killed, QUIET)[0] == []
+
+
+@pytest.mark.parametrize("key", ["photos/astronaut", "celebahq/0", "_x/__y", "a.b/c.d.e", "ffhq/" + "z" * 120,
+                                 "sp ace/caf\u00e9\u2615", "%41/%2F", "-/-", ".hidden/..x"])
+def test_keys_encode_reversibly_into_safe_member_names(key, tmp_path):
+    name = encode_key(key)
+    assert decode_key(name) == key
+    assert "/" not in name and "." not in name and not name.startswith(("_", "."))  # HF skips __*, .*
+    path = tmp_path / "t.tar"
+    path.write_bytes(sample_fragment(key, [("jpg", b"x" * 700), ("a.b.npy", b"y")]) + END_OF_ARCHIVE)
+    assert [(decode_key(k), sorted(f)) for k, f in iter_tar(path)] == [(key, ["a.b.npy", "jpg"])]
+
+
+@pytest.mark.ray
+def test_ray_runner_writes_the_same_shards(sharded, encoded, tiny_model, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    out = copy_run(encoded, tmp_path / "ray")
+    from pipeline.run import run_stage_command
+
+    try:
+        run_stage_command(out, "shard", stage_settings(tiny_model)["shard"], runner="ray", console=QUIET)
+    finally:
+        ray.shutdown()
+    assert (out / "shards" / "index.json").read_text() == (sharded / "shards" / "index.json").read_text()
