@@ -1,0 +1,135 @@
+"""Sample faces from a checkpoint: a caption plus a mask or a sketch in, an image grid out (``facecurate sample``).
+
+The condition goes through the same VAE, prepared as the pipeline's latents stage does: centre square crop,
+a label-map mask resized with nearest neighbours and colour-coded with the CelebAMask-HQ palette, a sketch
+resized with Lanczos and repeated to three channels, both mapped to [-1, 1]; its latent mean is put on the training scale with the checkpoint's latent convention.
+The text goes through the checkpoint's CLIP text encoder; the unconditional branch of classifier-free
+guidance is the empty caption with the null pooled vector, the condition latent staying in both branches.
+Sampling is Euler (rectified flow) or DPM-Solver++ (DDPM), then the VAE decodes. The grid is one row:
+the condition, then the samples.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.config import ConfigError
+
+
+def _center_square(img):
+    w, h = img.size
+    side = min(w, h)
+    return img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+
+
+def condition_image(path: Path, kind: str, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(1, 3, R, R) in [-1, 1] for the VAE, and the RGB uint8 preview, from a mask or sketch file.
+
+    As the pipeline's latents stage prepares them: centre square crop; a mask resized with nearest
+    neighbours (a label map is then colour-coded), a sketch with Lanczos and repeated to three channels.
+    """
+    from PIL import Image
+
+    img = _center_square(Image.open(path))
+    if kind == "mask":
+        img = img.resize((resolution, resolution), Image.Resampling.NEAREST)
+        arr = np.asarray(img)
+        if arr.ndim == 2 and arr.max(initial=0) <= 18:  # a label map (ids 0..18): colour-code it
+            from pipeline.labels import colorize
+
+            arr = colorize(arr)
+        rgb = np.asarray(Image.fromarray(arr).convert("RGB"))
+    elif kind == "sketch":
+        gray = img.convert("L").resize((resolution, resolution), Image.Resampling.LANCZOS)
+        rgb = np.repeat(np.asarray(gray)[..., None], 3, axis=-1)
+    else:
+        raise ValueError(f"condition kind must be mask or sketch, got {kind!r}")
+    x = torch.from_numpy(rgb.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    return x, rgb
+
+
+def load_model(ckpt: Path, state: dict, weights: str, device: torch.device):
+    from safetensors.torch import load_file
+
+    from train.model import MMFaceDiT, MMFaceDiTConfig
+
+    if weights not in ("ema", "model"):
+        raise ConfigError(f"--weights must be ema or model, got {weights!r}")
+    model = MMFaceDiT(MMFaceDiTConfig(**state["model_args"]))
+    model.load_state_dict(load_file(str(ckpt / f"{weights}.safetensors")))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _grid(images: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(images, axis=1)
+
+
+def sample(checkpoint: str | Path, caption: str, mask: Path | None = None, sketch: Path | None = None,
+           out: str | Path = "grid.png", steps: int = 50, cfg_scale: float = 7.5, n: int = 4, seed: int = 0,
+           weights: str = "ema", vae: str | None = None, text_encoder: str | None = None,
+           device: str = "auto") -> Path:
+    """Generate `n` images for one caption and one condition; write a grid PNG and return its path."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from train.data import TextEncoder, from_pretrained_any, model_to_latent
+    from train.objectives import make_objective, uncond_like
+    from train.train import load_checkpoint_state, resolve_checkpoint
+
+    if (mask is None) == (sketch is None):
+        raise ConfigError("give exactly one of --mask or --sketch")
+    try:
+        ckpt = resolve_checkpoint(checkpoint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    state = load_checkpoint_state(ckpt)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    model = load_model(ckpt, state, weights, dev)
+    ocfg = state["config"]["objective"]
+    objective = make_objective(ocfg["kind"], **{k: v for k, v in ocfg.items() if k not in ("kind", "longtail", "class_counts")})
+    vae_meta = state["data"]["vae"]
+    low_mem = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}  # else diffusers warns
+    try:
+        encoder = TextEncoder(text_encoder or state["text_encoder"], dev)
+        if vae:
+            autoencoder = from_pretrained_any(AutoencoderKL, vae, "vae", **low_mem)
+        else:  # the VAE the shards were encoded with, as recorded in their json
+            autoencoder = AutoencoderKL.from_pretrained(vae_meta["id"], subfolder=vae_meta.get("subfolder"),
+                                                        revision=vae_meta.get("revision"), **low_mem)
+    except OSError as e:  # a folder that is not there, or a hub id while offline
+        raise ConfigError(f"cannot load the text encoder or VAE (--text-encoder / --vae): {str(e).splitlines()[0]}") from None
+    autoencoder = autoencoder.to(dev).eval()
+    lat_c, lat_h, lat_w = state["data"]["latent_shape"]
+    resolution = state["data"].get("resolution") or lat_h * 8
+    convention = state["latent_convention"]
+
+    kind, path = ("mask", mask) if mask is not None else ("sketch", sketch)
+    x, preview = condition_image(Path(path), kind, resolution)
+    with torch.no_grad():
+        z = autoencoder.encode(x.to(dev)).latent_dist.mean  # the shards store the mean, so encode the same way
+        shift = float(vae_meta.get("shift_factor") or 0.0) if convention == "diffusers" else 0.0
+        cond = ((z - shift) * float(vae_meta["scaling_factor"])).expand(n, -1, -1, -1)
+        text, pooled = encoder.encode([caption])
+        empty_text, empty_pooled = encoder.encode([""])
+    c = {"cond": cond, "modality": torch.full((n,), int(kind == "sketch"), device=dev),
+         "text": text.expand(n, -1, -1), "pooled": pooled.expand(n, -1),
+         "drop_text": torch.zeros(n, dtype=torch.bool, device=dev)}
+    uc = uncond_like(c, empty_text, empty_pooled)
+    noise = torch.randn((n, lat_c, *cond.shape[-2:]), generator=torch.Generator().manual_seed(seed)).to(dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        latents = objective.sample(model, noise, c, uc, steps=steps, cfg_scale=cfg_scale)
+    with torch.no_grad():
+        images = autoencoder.decode(model_to_latent(latents.float(), vae_meta, convention)).sample
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    preview = np.asarray(Image.fromarray(preview).resize(images.shape[1:3][::-1]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    Image.fromarray(_grid([preview, *images])).save(tmp)
+    os.replace(tmp, out)
+    return out
