@@ -31,15 +31,25 @@ models: setup
 
 demo: data models
 	$(VENV)/bin/facecurate run manifests/demo.yaml
+	$(VENV)/bin/facecurate train manifests/train/tiny.yaml
+	$(VENV)/bin/facecurate sample runs/tiny -c "a smiling woman with short dark hair" \
+		--mask demo_out/masks/photos/astronaut.png --steps 20 --n 4 --out runs/tiny/samples.png
 
 test: data models
 	$(PY) -m pytest -q
 
-bench: setup
+# CPU benchmarks, each against its baseline side by side (GPU ones: see the README's benchmarks section).
+bench: data models
 	$(PY) tools/bench_ingest.py
+	$(PY) tools/bench_tokens.py
+	$(PY) tools/bench_caption.py
+	$(PY) tools/bench_refine.py
+	$(PY) tools/bench_parse.py
+	$(PY) tools/bench_shard.py
+	$(PY) tools/bench_train.py --size tiny
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf demo_out $(CACHE)/demo
+	rm -rf demo_out runs/tiny $(CACHE)/demo

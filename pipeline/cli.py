@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -247,6 +248,8 @@ _register_plugins()
 
 def main() -> None:
     """Console entry point: one-line errors for bad input, exit code 2."""
+    # Our own progress bars and summaries speak for each stage; library download/loading bars are noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app()
     except ConfigError as e:
