@@ -70,6 +70,24 @@ def sdpa_context(backend: str):
                         "math": SDPBackend.MATH}[backend])
 
 
+def profile_steps(step, sync, device: torch.device, steps: int = 2, rows: int = 30) -> None:
+    """Print the kernels that take the time in `steps` training steps (torch.profiler, self device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    events = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total", "self_cpu_time_total"):
+        try:
+            print(events.table(sort_by=key, row_limit=rows, max_name_column_width=70))
+            return
+        except (AttributeError, KeyError, ValueError):
+            continue
+
+
 def run_one(cfg: MMFaceDiTConfig, args, device: torch.device, backend: str, grad_ckpt: bool) -> dict:
     from train.objectives import RectifiedFlow
 
@@ -114,6 +132,8 @@ def run_one(cfg: MMFaceDiTConfig, args, device: torch.device, backend: str, grad
             step()
         sync()
         dt = time.perf_counter() - t0
+        if getattr(args, "profile", False):
+            profile_steps(step, sync, device)
     except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # an unsupported backend or OOM is a row, not a crash
         text = str(e).splitlines()[0]
         msg = ("OOM" if isinstance(e, torch.cuda.OutOfMemoryError) else
@@ -139,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default bf16 on GPU, fp32 on CPU")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
+    ap.add_argument("--profile", action="store_true", help="after timing, print the top kernels of 2 steps")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="peak for MFU (default: GPU table, H100/H200 bf16 dense 989; CPU: measured matmul)")
     ap.add_argument("--latent-channels", type=int, default=16, help="16 (FLUX VAE) or 4 (SD VAE)")

@@ -89,6 +89,8 @@ def sample(checkpoint: str | Path, caption: str, mask: Path | None = None, sketc
         raise ConfigError(str(e)) from None
     state = load_checkpoint_state(ckpt)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     model = load_model(ckpt, state, weights, dev)
     ocfg = state["config"]["objective"]
     objective = make_objective(ocfg["kind"], **{k: v for k, v in ocfg.items() if k not in ("kind", "longtail", "class_counts")})

@@ -47,7 +47,7 @@ def setup_distributed() -> tuple[int, int, int]:
 def pick_device(spec: str, local_rank: int) -> torch.device:
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cuda" and "RANK" in os.environ:
+    if spec == "cuda":  # an explicit index: set_device and the memory counters refuse a bare "cuda"
         return torch.device(f"cuda:{local_rank}")
     return torch.device(spec)
 
