@@ -47,12 +47,9 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 
 
 def _print_results(results: list, title: str, seconds: float) -> None:
-    from pipeline.run import results_rows, summary_table
+    from pipeline.run import print_summary
 
-    out_console.print(summary_table(results_rows(results), title))
-    new = sum(r.pending for r in results)
-    console.print(f"[dim]{new:,} item(s) processed in this run, {seconds:.1f} s; "
-                  f"the rest was already done.[/dim]" if new else "[dim]everything was already done.[/dim]")
+    print_summary(results, title, out_console, console, seconds)
 
 
 @app.command()

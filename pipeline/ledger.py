@@ -10,6 +10,7 @@ when its fingerprint matches the current one (see `runner.py`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -34,6 +35,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:

@@ -185,3 +185,20 @@ def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: s
     with locked(out):
         write_resolved(manifest, out)
         return run_stage(stage, manifest.stages[stage], StageContext(out), manifest.runner or RunnerConfig(), console)
+
+
+def previous_settings(out: Path, stage: str) -> dict[str, Any]:
+    """The settings `stage` last ran with in `out` (from manifest.resolved.yaml), or {} when none."""
+    m = load_resolved(out.resolve()) if out.is_dir() else None
+    return to_plain(m.stages[stage]) if m is not None and stage in m.stages else {}
+
+
+def print_summary(results: list[StageResult], title: str, out_console: Console, console: Console,
+                  seconds: float | None = None) -> None:
+    """The summary table every command ends with; with `seconds`, also what this run did."""
+    out_console.print(summary_table(results_rows(results), title))
+    if seconds is None:
+        return
+    new = sum(r.pending for r in results)
+    console.print(f"[dim]{new:,} item(s) processed in this run, {seconds:.1f} s; the rest was already done.[/dim]"
+                  if new else "[dim]everything was already done.[/dim]")

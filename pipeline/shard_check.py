@@ -9,7 +9,6 @@ keys across all shards must be exactly the shard ledger's ok keys that are still
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -27,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.labels import NUM_CLASSES
-from pipeline.ledger import OK, Ledger
+from pipeline.ledger import OK, Ledger, sha256_file
 from pipeline.wds import decode_key, iter_tar, load_npy
 
 SHARD_RE = re.compile(r"^(.+)-(\d{6})\.tar$")
@@ -103,14 +102,6 @@ def check_sample(name: str, f: dict[str, bytes], split: str, resolution: int) ->
     if unknown:
         out.append(f"fields not in the layout: {', '.join(unknown)}")
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_shards(out: Path, console: Console | None = None) -> tuple[list[str], int]:

@@ -9,7 +9,6 @@ shard ledger's ok keys (`pipeline/shard_check.py`). Later stages add their own c
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.labels import NUM_CLASSES
+from pipeline.ledger import sha256_file
 from pipeline.stage import INDEX
 from pipeline.stages import REGISTRY
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_label_map(path: Path) -> str | None:

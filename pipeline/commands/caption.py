@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         facecurate caption demo_out --model .cache/tiny-models/internvl3
         ```
         """
-        from pipeline.run import results_rows, run_stage_command, summary_table
+        from pipeline.run import print_summary, run_stage_command
 
         # vLLM schedules what it is given: big submissions keep its batch full between stage batches.
         batch_size = batch_size or (128 if engine == "vllm" else 16)
@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
         t0 = time.monotonic()
         result = run_stage_command(out, "caption", settings, runner, console)
         seconds = time.monotonic() - t0
-        out_console.print(summary_table(results_rows([result]), f"caption -> {out}"))
+        print_summary([result], f"caption -> {out}", out_console, console)
         table, generated, tokens = prompt_table(out.resolve(), before)
         out_console.print(table)
         if generated:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, apply_overrides, to_plain
+from pipeline.config import ConfigError, apply_overrides
 
 console = Console(stderr=True)
 out_console = Console()
@@ -29,22 +29,19 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Any other
 
 def _settings(out: Path, stage: str, given: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """The stage's previous settings in `out`, updated with the options given now."""
-    from pipeline.run import load_resolved
+    from pipeline.run import previous_settings
 
-    previous = load_resolved(out.resolve()) if out.is_dir() else None
-    settings = to_plain(previous.stages[stage]) if previous and stage in previous.stages else {}
+    settings = previous_settings(out, stage)
     settings.update({k: v for k, v in given.items() if v is not None})
     return apply_overrides(settings, list(overrides or []))
 
 
 def _run(out: Path, stage: str, settings: dict[str, Any], runner: str | None):
-    from pipeline.run import results_rows, run_stage_command, summary_table
+    from pipeline.run import print_summary, run_stage_command
 
     t0 = time.monotonic()
     result = run_stage_command(out, stage, settings, runner, console)
-    out_console.print(summary_table(results_rows([result]), f"{stage} -> {out}"))
-    console.print(f"[dim]{result.pending:,} item(s) processed in {time.monotonic() - t0:.1f} s; "
-                  "the rest was already done.[/dim]" if result.pending else "[dim]everything was already done.[/dim]")
+    print_summary([result], f"{stage} -> {out}", out_console, console, time.monotonic() - t0)
     return result
 
 

@@ -54,12 +54,12 @@ def register(app: typer.Typer) -> None:
         ```
         """
         from pipeline.clean import clean_counts
-        from pipeline.run import results_rows, run_stage_command, summary_table
+        from pipeline.run import print_summary, run_stage_command
 
         settings = apply_overrides({"budget": budget, "disable": list(disable or [])}, list(overrides or []))
         t0 = time.monotonic()
         result = run_stage_command(out, "clean", settings, runner, console)
-        out_console.print(summary_table(results_rows([result]), f"clean -> {out}"))
+        print_summary([result], f"clean -> {out}", out_console, console)
         c = clean_counts(out.resolve())
         out_console.print(_counts_table("rules applied (rows)", c.get("rules", {}), c.get("rows")))
         console.print(f"[dim]{c.get('trimmed', 0):,} of {c.get('ok', 0):,} ok captions trimmed to fit; "
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         ```
         """
         from pipeline.caption_report import build_report
-        from pipeline.run import results_rows, run_stage_command, summary_table
+        from pipeline.run import print_summary, run_stage_command
 
         batch_size = batch_size or (256 if engine == "vllm" else 32)
         settings: dict[str, Any] = {"model": model, "engine": engine, "max_new_tokens": max_new_tokens,
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
 
                 raise ConfigError(INSTALL_HINT)
         result = run_stage_command(out, "refine", settings, runner, console)
-        out_console.print(summary_table(results_rows([result]), f"refine -> {out}"))
+        print_summary([result], f"refine -> {out}", out_console, console)
         r = build_report(out.resolve())
         out_console.print(_counts_table("caption provenance", r["provenance"], r["captions"]))
         out_console.print(_counts_table("rejections by reason", r["rejections"]))

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, apply_overrides, to_plain
+from pipeline.config import ConfigError, apply_overrides
 
 console = Console(stderr=True)
 out_console = Console()
@@ -49,21 +49,12 @@ def parse_vae(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), spec
 
 
-def _previous(out: Path, stage: str) -> dict[str, Any]:
-    from pipeline.run import load_resolved
-
-    m = load_resolved(out.resolve()) if out.is_dir() else None
-    return to_plain(m.stages[stage]) if m is not None and stage in m.stages else {}
-
-
 def _run(out: Path, stage: str, settings: dict[str, Any], runner: str | None) -> Any:
-    from pipeline.run import results_rows, run_stage_command, summary_table
+    from pipeline.run import print_summary, run_stage_command
 
     t0 = time.monotonic()
     result = run_stage_command(out, stage, settings, runner, console)
-    out_console.print(summary_table(results_rows([result]), f"{stage} -> {out}"))
-    console.print(f"[dim]{result.pending:,} item(s) processed in {time.monotonic() - t0:.1f} s; the rest was "
-                  "already done.[/dim]" if result.pending else "[dim]every item was already done.[/dim]")
+    print_summary([result], f"{stage} -> {out}", out_console, console, time.monotonic() - t0)
     return result
 
 
@@ -119,7 +110,9 @@ def register(app: typer.Typer) -> None:
         facecurate latents demo_out --vae flux=.cache/tiny-models/vae-flux --vae sd=.cache/tiny-models/vae-sd --resolution 64
         ```
         """
-        settings = _previous(out, "latents")
+        from pipeline.run import previous_settings
+
+        settings = previous_settings(out, "latents")
         if vae:
             settings["models"] = dict(parse_vae(v) for v in vae)
         for k, v in {"resolution": resolution, "mask_source": mask_source, "dtype": dtype, "device": device,
@@ -157,7 +150,9 @@ def register(app: typer.Typer) -> None:
         facecurate verify runs/faces
         ```
         """
-        settings = _previous(out, "shard")
+        from pipeline.run import previous_settings
+
+        settings = previous_settings(out, "shard")
         if require is not None:
             settings["require"] = require
         if max_size is not None:
