@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 from pipeline.caption import CaptionConfig
 from pipeline.cli import app
-from pipeline.config import ConfigError, RunnerConfig, build_manifest, from_dict, load_manifest
+from pipeline.config import ConfigError, RunnerConfig, from_dict, load_manifest
 from pipeline.engines.transformers_engine import TransformersEngine
 from pipeline.prompts import DEFAULT_PROMPTS, load_prompt_set
 from pipeline.runner import run_stage
 from pipeline.stage import StageContext
+from tests.captions_data import ingested
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ["astronaut.png", "grace_hopper.jpg", "variants/hopper_cmyk.jpg"]
@@ -27,14 +28,7 @@ IMAGES = ["astronaut.png", "grace_hopper.jpg", "variants/hopper_cmyk.jpg"]
 @pytest.fixture
 def out(demo_data, tmp_path) -> Path:
     """An ingested output folder with three real portraits (copied, so a test may break one)."""
-    src = tmp_path / "src"
-    for name in IMAGES:
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(demo_data / "photos" / name, src / name)
-    folder = tmp_path / "out"
-    manifest = build_manifest({"stages": {"ingest": {"sources": [{"path": str(src), "name": "photos"}]}}}, None)
-    run_stage("ingest", manifest.stages["ingest"], StageContext(folder), RunnerConfig())
-    return folder
+    return ingested(demo_data, tmp_path, IMAGES)
 
 
 @pytest.fixture
