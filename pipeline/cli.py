@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, build_manifest, load_manifest
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import build_manifest, load_manifest
 
 console = Console(stderr=True)
 out_console = Console()
@@ -47,7 +48,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 
 
 def _print_results(results: list, title: str, seconds: float) -> None:
-    from pipeline.run import print_summary
+    from pipeline.core.run import print_summary
 
     print_summary(results, title, out_console, console, seconds)
 
@@ -77,7 +78,7 @@ def ingest(
     facecurate ingest shards/ data.parquet --out runs/mixed
     ```
     """
-    from pipeline.run import run_manifest
+    from pipeline.core.run import run_manifest
 
     stage = {"sources": [{"path": str(p.resolve()), "type": source} for p in sources],
              "min_size": min_size, "verify": verify}
@@ -112,7 +113,7 @@ def run(
     facecurate run my.yaml --set stages.ingest.min_size=256 --only ingest
     ```
     """
-    from pipeline.run import resolve_out, run_manifest
+    from pipeline.core.run import resolve_out, run_manifest
 
     sets = list(overrides or [])
     if runner:
@@ -136,7 +137,7 @@ def status(out: Annotated[Path, typer.Argument(help="An output folder of a run."
     facecurate status runs/faces
     ```
     """
-    from pipeline.run import load_resolved, stage_status, summary_table
+    from pipeline.core.run import load_resolved, stage_status, summary_table
 
     if not out.is_dir():
         raise ConfigError(f"{out} is not a folder")
@@ -159,7 +160,7 @@ def verify(out: Annotated[Path, typer.Argument(help="An output folder of a run."
     facecurate verify runs/faces
     ```
     """
-    from pipeline.verify import verify_run
+    from pipeline.ops.verify import verify_run
 
     problems, checked = verify_run(out.resolve(), console)
     if problems:
@@ -195,10 +196,10 @@ def inspect(
     facecurate inspect runs/faces --sheet sheet.png --n 8
     ```
     """
-    from pipeline.inspect import show_key, show_overview
+    from pipeline.ops.inspect import show_key, show_overview
 
     if sheet is not None:
-        from pipeline.sheet import contact_sheet
+        from pipeline.reports.sheet import contact_sheet
 
         path = contact_sheet(out.resolve(), sheet, n, keys, vae)
         console.print(f"contact sheet of {len(keys) if keys else n} sample(s): [bold]{path}[/bold]")
@@ -212,7 +213,7 @@ def inspect(
 @app.command("stages")
 def list_stages() -> None:
     """List the pipeline's stages, what each needs, and what it does."""
-    from pipeline.stages import REGISTRY
+    from pipeline.core.registry import REGISTRY
 
     table = Table(header_style="bold")
     for c in ("stage", "needs", "does"):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.config import RunnerConfig, build_manifest
-from pipeline.ledger import Ledger
-from pipeline.runner import run_stage
-from pipeline.stage import StageContext
+from pipeline.core.config import RunnerConfig
+from pipeline.core.ledger import Ledger
+from pipeline.core.manifest import build_manifest
+from pipeline.core.runner import run_stage
+from pipeline.core.stage import StageContext
 
 IMAGES = ["astronaut.png", "grace_hopper.jpg", "variants/astronaut_mirror.jpg"]
 RAW_SCHEMA = pa.schema([

@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import RunnerConfig, build_manifest
-from pipeline.runner import StageResult, run_stage
-from pipeline.stage import StageContext
+from pipeline.core.config import RunnerConfig
+from pipeline.core.manifest import build_manifest
+from pipeline.core.runner import StageResult, run_stage
+from pipeline.core.stage import StageContext
 
 
 def ingest_faces(out: Path, demo_data: Path, photos: tuple[str, ...] = ("astronaut.png", "grace_hopper.jpg")) -> Path:

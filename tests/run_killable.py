@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import build_manifest  # noqa: E402
-from pipeline.run import run_manifest  # noqa: E402
+from pipeline.core.manifest import build_manifest  # noqa: E402
+from pipeline.core.run import run_manifest  # noqa: E402
 from tests.stages_for_tests import register  # noqa: E402
 
 register()

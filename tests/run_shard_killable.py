@@ -13,11 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipeline.shard as shard  # noqa: E402
-import pipeline.shard_assembly as assembly  # noqa: E402
-from pipeline.config import RunnerConfig, build_manifest  # noqa: E402
-from pipeline.runner import run_stage  # noqa: E402
-from pipeline.stage import StageContext  # noqa: E402
+import pipeline.data.shard_assembly as assembly  # noqa: E402
+import pipeline.stages.shard as shard  # noqa: E402
+from pipeline.core.config import RunnerConfig  # noqa: E402
+from pipeline.core.manifest import build_manifest
+from pipeline.core.runner import run_stage  # noqa: E402
+from pipeline.core.stage import StageContext  # noqa: E402
 
 out, phase, settings = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 if phase == "prepare":

@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from pipeline.config import build_manifest
-from pipeline.images import load_rgb
-from pipeline.labels import class_pixel_counts
-from pipeline.ledger import Ledger, atomic_write_bytes
-from pipeline.run import run_manifest
-from pipeline.stage import StageContext
+from pipeline.core.ledger import Ledger, atomic_write_bytes
+from pipeline.core.manifest import build_manifest
+from pipeline.core.run import run_manifest
+from pipeline.core.stage import StageContext
+from pipeline.data.images import load_rgb
+from pipeline.data.labels import class_pixel_counts
 
 NO_SKETCH = "photos/grace_hopper"          # sketch stage has no row for it
 NO_CAPTIONS = "ffhq/00000"                 # captions/final has no row for it
@@ -117,7 +117,7 @@ def run(out: Path, stages: dict[str, Any]) -> list:
     """Run stages (e.g. latents, shard) in order on an ingested folder, as `facecurate <stage> OUT` does."""
     from rich.console import Console
 
-    from pipeline.run import run_stage_command
+    from pipeline.core.run import run_stage_command
 
     quiet = Console(stderr=True, quiet=True)
     return [run_stage_command(out, name, settings, console=quiet) for name, settings in stages.items()]

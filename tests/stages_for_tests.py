@@ -10,9 +10,9 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import StageConfig, volatile
-from pipeline.stage import Stage
-from pipeline.stages import REGISTRY, StageSpec
+from pipeline.core.config import StageConfig, volatile
+from pipeline.core.registry import REGISTRY, StageSpec
+from pipeline.core.stage import Stage
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.caption import CaptionConfig
 from pipeline.cli import app
-from pipeline.config import ConfigError, RunnerConfig, from_dict, load_manifest
+from pipeline.core.config import ConfigError, RunnerConfig, from_dict
+from pipeline.core.manifest import load_manifest
+from pipeline.core.runner import run_stage
+from pipeline.core.stage import StageContext
 from pipeline.engines.transformers_engine import TransformersEngine
-from pipeline.prompts import DEFAULT_PROMPTS, load_prompt_set
-from pipeline.runner import run_stage
-from pipeline.stage import StageContext
+from pipeline.stages.caption import CaptionConfig
+from pipeline.text.prompts import DEFAULT_PROMPTS, load_prompt_set
 from tests.captions_data import ingested
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +111,7 @@ def test_rerun_is_free_and_an_edited_prompt_regenerates_only_itself(out, tiny_mo
 
 def test_the_cache_is_keyed_by_content_not_by_key(out, tiny_model, calls, tmp_path):
     """A copy of an image under another key (a re-ingest, a second source) is answered from the ledger."""
-    from pipeline.caption import CaptionStage
+    from pipeline.stages.caption import CaptionStage
 
     tiny = tiny_model("internvl3")
     prompts = str(short_prompts(tmp_path / "p.yaml"))

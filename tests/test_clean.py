@@ -9,13 +9,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.clean import CleanConfig
-from pipeline.clean_rules import RULE_NAMES, clean_text
 from pipeline.cli import app
-from pipeline.config import ConfigError, RunnerConfig, from_dict
-from pipeline.runner import run_stage
-from pipeline.stage import StageContext
-from pipeline.tokens import count_tokens
+from pipeline.core.config import ConfigError, RunnerConfig, from_dict
+from pipeline.core.runner import run_stage
+from pipeline.core.stage import StageContext
+from pipeline.stages.clean import CleanConfig
+from pipeline.text.clean_rules import RULE_NAMES, clean_text
+from pipeline.text.tokens import count_tokens
 from tests.captions_data import ingested, keys, write_raw
 
 CASES = yaml.safe_load((Path(__file__).parent / "fixtures" / "vlm_outputs.yaml").read_text())["cases"]

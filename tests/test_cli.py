@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import ConfigError
-from pipeline.run import locked
+from pipeline.core.config import ConfigError
+from pipeline.core.run import locked
 
 runner = CliRunner()
 

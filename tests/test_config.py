@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, fingerprint, load_manifest
+from pipeline.core.config import ConfigError, fingerprint
+from pipeline.core.manifest import load_manifest
 
 
 def write(tmp_path: Path, data: dict) -> Path:

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from skimage import data
 
+from pipeline.core.identity import local_revision, model_revision
 from pipeline.engines import EngineUnavailable, Request, SamplingParams, make_engine
-from pipeline.engines.base import local_revision, model_revision, with_image_first
+from pipeline.engines.base import with_image_first
 from pipeline.engines.vllm_engine import llm_options, sampling_fields, to_vllm_sampling, vllm_prompt
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -149,7 +150,7 @@ def test_model_revision_tracks_local_content(tmp_path, tiny_model):
 def test_vllm_requests_put_the_image_first_and_share_a_prefix(tiny_model, faces):
     from transformers import AutoProcessor
 
-    from pipeline.prompts import load_prompt_set
+    from pipeline.text.prompts import load_prompt_set
 
     processor = AutoProcessor.from_pretrained(tiny_model("internvl3"))
     prompts = [vllm_prompt(ask(p.text, faces[0], max_tokens=p.max_tokens), processor, True)
@@ -205,7 +206,7 @@ def test_vllm_missing_is_one_clear_error(tiny_model):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_VLLM or not torch.cuda.is_available(), reason="needs vLLM and a CUDA GPU")
 def test_vllm_end_to_end(tiny_model, faces):
-    from pipeline.prompts import load_prompt_set
+    from pipeline.text.prompts import load_prompt_set
 
     eng = make_engine("vllm", str(tiny_model("internvl3")), gpu_memory_utilization=0.3, max_model_len=2048,
                       enforce_eager=True)

@@ -12,9 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.eval_parse import evaluate
-from pipeline.parse import encode_png
-from pipeline.stage import StageContext
+from pipeline.core.stage import StageContext
+from pipeline.ops.eval_parse import evaluate
+from pipeline.stages.parse import encode_png
 from tests.face_runs import ingest_faces
 
 

@@ -103,7 +103,7 @@ def test_export_zero_fills_a_missing_condition_when_asked(sharded, tmp_path):
     (["--format", "parquet"], "the only format is mmface-dit"),
 ])
 def test_export_errors_are_one_line(sharded, tmp_path, args, message):
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     r = invoke("export", str(sharded), "--to", str(tmp_path), *args)
     assert r.exit_code != 0 and isinstance(r.exception, ConfigError) and message in str(r.exception)
@@ -127,7 +127,7 @@ def test_contact_sheet_and_help(sharded, tmp_path):
 
 def test_shard_command_keeps_recorded_settings_and_parses_sizes(sharded):
     from pipeline.commands.shard import parse_size, parse_vae
-    from pipeline.run import load_resolved
+    from pipeline.core.run import load_resolved
 
     m = load_resolved(sharded)
     assert m.stages["shard"].max_samples == 5 and m.stages["shard"].max_bytes == 200_000

@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import RunnerConfig, build_manifest
-from pipeline.ingest import hash_split, jpeg_complete
-from pipeline.runner import run_stage
-from pipeline.stage import StageContext
+from pipeline.core.config import RunnerConfig
+from pipeline.core.manifest import build_manifest
+from pipeline.core.runner import run_stage
+from pipeline.core.stage import StageContext
+from pipeline.stages.ingest import hash_split, jpeg_complete
 
 EXPECTED_BAD = {
     "photos/bad/truncated": "truncated",
@@ -217,7 +218,7 @@ def test_a_changed_file_is_processed_again_and_nothing_else(tmp_path):
 
 
 def test_a_broken_parquet_file_is_a_row_and_a_missing_image_column_is_one_line(tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     src = tmp_path / "pq"
     src.mkdir()

@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, build_manifest
-from pipeline.images import load_rgb
-from pipeline.labels import colorize
-from pipeline.ledger import Ledger
-from pipeline.stage import StageContext
+from pipeline.core.config import ConfigError
+from pipeline.core.ledger import Ledger
+from pipeline.core.manifest import build_manifest
+from pipeline.core.stage import StageContext
+from pipeline.data.images import load_rgb
+from pipeline.data.labels import colorize
 from tests.shard_helpers import (
     FAILED_PARSE,
     NO_SKETCH,
@@ -51,7 +52,7 @@ def rows(out: Path) -> dict[tuple[str, str], dict]:
 
 
 def reference_view(path: Path, size: int, resample: Image.Resampling, mode: str = "RGB") -> np.ndarray:
-    """Centre square crop + resize, written independently of pipeline.views (photos decode with the
+    """Centre square crop + resize, written independently of pipeline.data.views (photos decode with the
     foundation's `load_rgb`: EXIF, 16-bit, alpha and CMYK handling are ingest's business)."""
     img = load_rgb(path) if mode == "RGB" else Image.open(path).convert(mode)
     w, h = img.size

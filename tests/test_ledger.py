@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.ledger import BASE_SCHEMA, Ledger
+from pipeline.core.ledger import BASE_SCHEMA, Ledger
 
 
 def part(rows: list[tuple[str, str, str]]) -> pa.Table:

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError, build_manifest
-from pipeline.labels import NAME_TO_ID, NAMES, merge_binary_masks
+from pipeline.core.config import ConfigError
+from pipeline.core.identity import file_identity
+from pipeline.core.manifest import build_manifest
+from pipeline.core.stage import StageContext
+from pipeline.data.labels import NAME_TO_ID, NAMES, merge_binary_masks
 from pipeline.parsers import FARL_CELEBM_NAMES, FARL_TO_CELEBAMASK, check_label_space, mean_iou
-from pipeline.parsers.base import file_identity
-from pipeline.stage import StageContext
 from tests.face_runs import ingest_faces, run
 
 

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import refine as refine_mod
-from pipeline.clean import CleanConfig
 from pipeline.cli import app
-from pipeline.config import ConfigError, RunnerConfig, from_dict
+from pipeline.core.config import ConfigError, RunnerConfig, from_dict
+from pipeline.core.runner import run_stage
+from pipeline.core.stage import StageContext
 from pipeline.engines import Result
-from pipeline.refine import RefineConfig, RefineStage, mask_evidence
-from pipeline.refine_core import KeyState, ParseError, build_messages, dedup_key, parse_output
-from pipeline.runner import run_stage
-from pipeline.stage import StageContext
-from pipeline.tokens import count_tokens
+from pipeline.stages import refine as refine_mod
+from pipeline.stages.clean import CleanConfig
+from pipeline.stages.refine import RefineConfig, RefineStage, mask_evidence
+from pipeline.text.judge import KeyState, dedup_key
+from pipeline.text.refine_prompt import ParseError, build_messages, parse_output
+from pipeline.text.tokens import count_tokens
 from tests.captions_data import face_pixels, ingested, keys, write_parse, write_raw
 
 CAPTIONS = [

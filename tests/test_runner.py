@@ -12,11 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import RunnerConfig, build_manifest
-from pipeline.ledger import Ledger
-from pipeline.run import run_manifest
-from pipeline.runner import run_stage
-from pipeline.stage import StageContext
+from pipeline.core.config import RunnerConfig
+from pipeline.core.ledger import Ledger
+from pipeline.core.manifest import build_manifest
+from pipeline.core.run import run_manifest
+from pipeline.core.runner import run_stage
+from pipeline.core.stage import StageContext
 from tests.stages_for_tests import register
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pipeline.config import ConfigError
-from pipeline.labels import class_pixel_counts
-from pipeline.latents import read_npz_members
-from pipeline.ledger import Ledger
-from pipeline.stage import StageContext
-from pipeline.verify import verify_run
-from pipeline.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment
+from pipeline.core.config import ConfigError
+from pipeline.core.ledger import Ledger
+from pipeline.core.stage import StageContext
+from pipeline.data.arrays import read_npz_members
+from pipeline.data.labels import class_pixel_counts
+from pipeline.data.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment
+from pipeline.ops.verify import verify_run
 from tests.shard_helpers import (
     FAILED_PARSE,
     NO_CAPTIONS,
@@ -354,7 +354,7 @@ def test_ray_runner_writes_the_same_shards(sharded, encoded, tiny_model, tmp_pat
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     out = copy_run(encoded, tmp_path / "ray")
-    from pipeline.run import run_stage_command
+    from pipeline.core.run import run_stage_command
 
     try:
         run_stage_command(out, "shard", stage_settings(tiny_model)["shard"], runner="ray", console=QUIET)

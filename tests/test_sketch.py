@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, build_manifest
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import build_manifest
+from pipeline.core.stage import StageContext
 from pipeline.models.u2net import STAGES, U2NET, load_u2net
-from pipeline.sketch import crop_face, detect_face, load_cascade, normalise, paste_back, to_sketch
-from pipeline.stage import StageContext
+from pipeline.stages.sketch import crop_face, detect_face, load_cascade, normalise, paste_back, to_sketch
 from tests.face_runs import ingest_faces, run
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.labels import NAMES, PALETTE
-from pipeline.parse import encode_png
-from pipeline.stage import StageContext
-from pipeline.stats import StatsConfig, aggregate, ec2face_weights, groups, weight_map
+from pipeline.core.stage import StageContext
+from pipeline.data.attributes import ec2face_weights, groups, weight_map
+from pipeline.data.labels import NAMES, PALETTE
+from pipeline.stages.parse import encode_png
+from pipeline.stages.stats import StatsConfig, aggregate
 from tests.face_runs import ingest_faces, run
 
 

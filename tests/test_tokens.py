@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import tokens
-from pipeline.clean_rules import clean_text
+from pipeline.text import tokens
+from pipeline.text.clean_rules import clean_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vlm_outputs.yaml"
 TRICKY = [

@@ -10,10 +10,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import ConfigError, build_manifest
-from pipeline.parse import encode_png
-from pipeline.stage import StageContext
-from pipeline.train_parser import FLIP_SWAP, TrainParserConfig, class_weights, train_parser
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import build_manifest
+from pipeline.core.stage import StageContext
+from pipeline.ops.train_parser import FLIP_SWAP, TrainParserConfig, class_weights, train_parser
+from pipeline.stages.parse import encode_png
 from tests.face_runs import ingest_faces, run
 
 TINY = {"arch": "Unet", "encoder": "tu-test_efficientnet", "encoder_depth": 3, "decoder_channels": (16, 8, 8),

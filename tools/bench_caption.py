@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from pipeline.engines import Request, SamplingParams, make_engine
-    from pipeline.prompts import load_prompt_set
+    from pipeline.text.prompts import load_prompt_set
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     tmp = tempfile.TemporaryDirectory(prefix="bench_caption_")

@@ -59,9 +59,10 @@ def floor(files: list[Path]) -> float:
 
 
 def ingest(folder: Path, runner: str, verify: str = "fast") -> float:
-    from pipeline.config import RunnerConfig, build_manifest
-    from pipeline.runner import run_stage
-    from pipeline.stage import StageContext
+    from pipeline.core.config import RunnerConfig
+    from pipeline.core.manifest import build_manifest
+    from pipeline.core.runner import run_stage
+    from pipeline.core.stage import StageContext
 
     m = build_manifest({"stages": {"ingest": {"sources": [{"path": str(folder)}], "verify": verify,
                                               "batch_size": 256}}}, None)
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         import ray
 
-        from pipeline.config import RunnerConfig
-        from pipeline.runner import ray_init
+        from pipeline.core.config import RunnerConfig
+        from pipeline.core.runner import ray_init
 
         t0 = time.perf_counter()
         ray_init(RunnerConfig(kind="ray"))

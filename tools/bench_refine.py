@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from pipeline.config import from_dict
-    from pipeline.refine import RefineConfig, RefineStage
-    from pipeline.refine_core import KeyState
-    from pipeline.stage import StageContext
+    from pipeline.core.config import from_dict
+    from pipeline.core.stage import StageContext
+    from pipeline.stages.refine import RefineConfig, RefineStage
+    from pipeline.text.judge import KeyState
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     tmp = tempfile.TemporaryDirectory(prefix="bench_refine_")

@@ -8,7 +8,7 @@ captions, FLUX and SD latents of image/mask/sketch, json):
   webdataset  webdataset.ShardWriter on the same members (when installed), for reference
 Read (samples/s over the shards just written, warm page cache):
   bare tar    tarfile streaming over a buffered file, every member's bytes read
-  ours        pipeline.wds.iter_tar (grouped by sample); + decode: every field decoded (PIL, json, npy)
+  ours        pipeline.data.wds.iter_tar (grouped by sample); + decode: every field decoded (PIL, json, npy)
   webdataset  WebDataset(...) raw, and with the dataset card's decode recipe (when installed)
 VAE encode (images/s; image, mask and sketch all count as images):
   tiny        the tiny FLUX-layout VAE through LatentsStage.encode on the CPU (fp32)
@@ -51,7 +51,7 @@ def make_samples(n: int, res: int) -> list[tuple[str, list[tuple[str, bytes]]]]:
     from PIL import Image
     from skimage import data
 
-    from pipeline.latents import npy_bytes
+    from pipeline.data.arrays import npy_bytes
 
     base = np.asarray(Image.fromarray(data.astronaut()).resize((res + 64, res + 64)))
     rng = np.random.default_rng(0)
@@ -78,10 +78,10 @@ def make_samples(n: int, res: int) -> list[tuple[str, list[tuple[str, bytes]]]]:
 
 
 def bench_write(samples: list, work: Path, max_bytes: int) -> tuple[dict[str, float], Path]:
-    from pipeline.ledger import atomic_write_bytes
-    from pipeline.shard import ShardConfig
-    from pipeline.shard_assembly import assemble, plan_shards
-    from pipeline.wds import encode_key, sample_fragment
+    from pipeline.core.ledger import atomic_write_bytes
+    from pipeline.data.shard_assembly import assemble, plan_shards
+    from pipeline.data.wds import encode_key, sample_fragment
+    from pipeline.stages.shard import ShardConfig
 
     payload = sum(len(d) for _, fields in samples for _, d in fields)
     results: dict[str, float] = {"payload MB": payload / 1e6}
@@ -127,7 +127,7 @@ def bench_write(samples: list, work: Path, max_bytes: int) -> tuple[dict[str, fl
 
 
 def bench_read(shards: Path, n: int) -> dict[str, float]:
-    from pipeline.wds import decode_sample, iter_tar
+    from pipeline.data.wds import decode_sample, iter_tar
 
     urls = sorted(str(p) for p in shards.glob("train-*.tar"))
     results = {}
@@ -163,8 +163,8 @@ def bench_read(shards: Path, n: int) -> dict[str, float]:
 
 
 def bench_tiny_vae(res: int, n: int, batch: int) -> float:
-    from pipeline.latents import LatentsConfig, LatentsStage, VaeSpec
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
+    from pipeline.stages.latents import LatentsConfig, LatentsStage, VaeSpec
     from tools import make_tiny_models
 
     folder = make_tiny_models.build("vae-flux")

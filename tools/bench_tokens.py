@@ -4,7 +4,7 @@ Counts `--n` captions (default 100,000; ten per synthetic face, the styles the c
 about 3% with non-ASCII punctuation or accents) with:
   reference     open_clip's `SimpleTokenizer.encode`, one caption at a time (what CLIP training uses)
   hf batched    transformers' `CLIPTokenizer` (the `tokenizers` Rust backend) on the whole list
-  counter cold  `pipeline.tokens.ClipCounter`, a fresh instance (its chunk cache starts empty)
+  counter cold  `pipeline.text.tokens.ClipCounter`, a fresh instance (its chunk cache starts empty)
   counter warm  the same instance again (a long run's steady state)
 and checks that every method gives the same count for every caption, then prints captions/s and the
 ratio to the reference (target: at least 10x).
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     # open_clip sets TOKENIZERS_PARALLELISM=false on import; the pipeline never imports open_clip, so
     # give the Rust tokenizers their threads back for a fair comparison.
     os.environ.pop("TOKENIZERS_PARALLELISM", None)
-    from pipeline.tokens import ClipCounter, load_clip_bpe
+    from pipeline.text.tokens import ClipCounter, load_clip_bpe
 
     texts = [c for caps in synthetic_captions((args.n + 9) // 10, rare=args.rare) for c in caps][: args.n]
     reference = SimpleTokenizer()

@@ -31,7 +31,7 @@ def build_clip_tokenizer():
         sys.path.insert(0, str(ROOT))
     from transformers import CLIPTokenizer
 
-    from pipeline.tokens import load_clip_bpe
+    from pipeline.text.tokens import load_clip_bpe
 
     vocab, merges = load_clip_bpe()
     return CLIPTokenizer(vocab=vocab, merges=list(merges), pad_token="!", model_max_length=77)

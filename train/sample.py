@@ -40,7 +40,7 @@ def condition_image(path: Path, kind: str, resolution: int) -> tuple[torch.Tenso
         img = img.resize((resolution, resolution), Image.Resampling.NEAREST)
         arr = np.asarray(img)
         if arr.ndim == 2 and arr.max(initial=0) <= 18:  # a label map (ids 0..18): colour-code it
-            from pipeline.labels import colorize
+            from pipeline.data.labels import colorize
 
             arr = colorize(arr)
         rgb = np.asarray(Image.fromarray(arr).convert("RGB"))

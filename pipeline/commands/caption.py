@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.config import ConfigError, apply_overrides
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import apply_overrides
 
 console = Console(stderr=True)
 out_console = Console()
@@ -19,7 +20,7 @@ out_console = Console()
 
 def _snapshot(out: Path) -> set[str]:
     """Cache keys of the ok caption rows in `out` (to tell generated captions from reused ones)."""
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
 
     t = StageContext(out).ledger("caption").read(["status", "cache_key"])
     if "cache_key" not in t.column_names:
@@ -29,7 +30,7 @@ def _snapshot(out: Path) -> set[str]:
 
 def prompt_table(out: Path, before: set[str]) -> tuple[Table, int, int]:
     """Per prompt: ok rows, failures, mean output tokens, share cut at max_tokens, a sample caption."""
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
 
     t = StageContext(out).ledger("caption").read(
         ["status", "prompt_id", "text", "output_tokens", "finish_reason", "cache_key"]).to_pylist()
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
         facecurate caption demo_out --model .cache/tiny-models/internvl3
         ```
         """
-        from pipeline.run import print_summary, run_stage_command
+        from pipeline.core.run import print_summary, run_stage_command
 
         # vLLM schedules what it is given: big submissions keep its batch full between stage batches.
         batch_size = batch_size or (128 if engine == "vllm" else 16)
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
         facecurate prompts my-prompts.yaml
         ```
         """
-        from pipeline.prompts import load_prompt_set
+        from pipeline.text.prompts import load_prompt_set
 
         ps = load_prompt_set(file)
         rows = [(p.id, p.kind, str(p.max_tokens), p.hash, " ".join(p.text.split())) for p in ps.prompts]

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, apply_overrides
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import apply_overrides
 
 console = Console(stderr=True)
 out_console = Console()
@@ -29,7 +30,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Any other
 
 def _settings(out: Path, stage: str, given: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """The stage's previous settings in `out`, updated with the options given now."""
-    from pipeline.run import previous_settings
+    from pipeline.core.run import previous_settings
 
     settings = previous_settings(out, stage)
     settings.update({k: v for k, v in given.items() if v is not None})
@@ -37,7 +38,7 @@ def _settings(out: Path, stage: str, given: dict[str, Any], overrides: list[str]
 
 
 def _run(out: Path, stage: str, settings: dict[str, Any], runner: str | None):
-    from pipeline.run import print_summary, run_stage_command
+    from pipeline.core.run import print_summary, run_stage_command
 
     t0 = time.monotonic()
     result = run_stage_command(out, stage, settings, runner, console)
@@ -128,7 +129,7 @@ def register(app: typer.Typer) -> None:
         if "model" not in settings:
             raise ConfigError("sketch: pass --model PATH to u2net_portrait.pth (xuebinqin/U-2-Net's portrait weights)")
         _run(out, "sketch", settings, runner)
-        from pipeline.stage import StageContext
+        from pipeline.core.stage import StageContext
 
         t = StageContext(out.resolve()).ledger("sketch").read(["status", "flags"]).to_pylist()
         no_face = sum("no_face" in (r["flags"] or []) for r in t if r["status"] == "ok")
@@ -187,7 +188,7 @@ def register(app: typer.Typer) -> None:
         facecurate eval-parse runs/celeba --masks /data/my_predictions
         ```
         """
-        from pipeline.eval_parse import evaluate, table, write_report
+        from pipeline.ops.eval_parse import evaluate, table, write_report
 
         out = out.resolve()
         if not (out / "index.parquet").exists():
@@ -235,8 +236,8 @@ def register(app: typer.Typer) -> None:
         facecurate train-parser runs/celeba --save runs/parser-b2 --arch Segformer --encoder mit_b2 --image-size 512 --resume
         ```
         """
-        from pipeline.config import from_dict
-        from pipeline.train_parser import TrainParserConfig, train_parser
+        from pipeline.core.config import from_dict
+        from pipeline.ops.train_parser import TrainParserConfig, train_parser
 
         data = apply_overrides({"out": str(out.resolve()), "save": str(save.resolve()), "arch": arch,
                                 "encoder": encoder, "encoder_weights": encoder_weights, "image_size": image_size,
@@ -257,7 +258,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _agreement_summary(out: Path, threshold: float) -> None:
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
 
     rows = StageContext(out).ledger("parse").read(["key", "status", "primary", "agreement"]).to_pylist()
     agree = [r["agreement"] for r in rows if r["status"] == "ok" and r["primary"] and r["agreement"] is not None]

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, apply_overrides
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import apply_overrides
 
 console = Console(stderr=True)
 out_console = Console()
@@ -53,8 +54,8 @@ def register(app: typer.Typer) -> None:
         facecurate inspect runs/faces photos/astronaut
         ```
         """
-        from pipeline.clean import clean_counts
-        from pipeline.run import print_summary, run_stage_command
+        from pipeline.core.run import print_summary, run_stage_command
+        from pipeline.reports.caption_report import clean_counts
 
         settings = apply_overrides({"budget": budget, "disable": list(disable or [])}, list(overrides or []))
         t0 = time.monotonic()
@@ -97,8 +98,8 @@ def register(app: typer.Typer) -> None:
         facecurate refine demo_out --model .cache/tiny-models/qwen3 --max-new-tokens 48
         ```
         """
-        from pipeline.caption_report import build_report
-        from pipeline.run import print_summary, run_stage_command
+        from pipeline.core.run import print_summary, run_stage_command
+        from pipeline.reports.caption_report import build_report
 
         batch_size = batch_size or (256 if engine == "vllm" else 32)
         settings: dict[str, Any] = {"model": model, "engine": engine, "max_new_tokens": max_new_tokens,

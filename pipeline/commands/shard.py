@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ConfigError, apply_overrides
+from pipeline.core.config import ConfigError
+from pipeline.core.manifest import apply_overrides
 
 console = Console(stderr=True)
 out_console = Console()
@@ -50,7 +51,7 @@ def parse_vae(text: str) -> tuple[str, dict[str, str]]:
 
 
 def _run(out: Path, stage: str, settings: dict[str, Any], runner: str | None) -> Any:
-    from pipeline.run import print_summary, run_stage_command
+    from pipeline.core.run import print_summary, run_stage_command
 
     t0 = time.monotonic()
     result = run_stage_command(out, stage, settings, runner, console)
@@ -61,7 +62,7 @@ def _run(out: Path, stage: str, settings: dict[str, Any], runner: str | None) ->
 def _latents_table(out: Path) -> Table:
     from collections import Counter
 
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
 
     t = StageContext(out).ledger("latents").read(
         ["vae", "status", "model", "dtype", "shape", "kinds", "scaling_factor", "shift_factor"]).to_pylist()
@@ -110,7 +111,7 @@ def register(app: typer.Typer) -> None:
         facecurate latents demo_out --vae flux=.cache/tiny-models/vae-flux --vae sd=.cache/tiny-models/vae-sd --resolution 64
         ```
         """
-        from pipeline.run import previous_settings
+        from pipeline.core.run import previous_settings
 
         settings = previous_settings(out, "latents")
         if vae:
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
         facecurate verify runs/faces
         ```
         """
-        from pipeline.run import previous_settings
+        from pipeline.core.run import previous_settings
 
         settings = previous_settings(out, "shard")
         if require is not None:
@@ -190,9 +191,9 @@ def register(app: typer.Typer) -> None:
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from pipeline.export import export_mmface
-        from pipeline.run import locked
-        from pipeline.wds import read_index
+        from pipeline.core.run import locked
+        from pipeline.data.wds import read_index
+        from pipeline.ops.export import export_mmface
 
         if fmt != "mmface-dit":
             raise ConfigError(f"--format {fmt!r}: the only format is mmface-dit")

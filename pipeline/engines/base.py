@@ -6,22 +6,19 @@ and output token counts and a finish reason. Engines never raise for one bad req
 `vllm` (GPU throughput; optional extra).
 
 Shared pieces live here so both engines behave the same: `with_image_first` (the image goes first in
-the first user turn, so the prompts of one image share a prefix), `model_revision` (what a result was
-made with, for cache keys), `isolate` (a failing request becomes an error result, never a failed
-batch) and `is_out_of_memory`.
+the first user turn, so the prompts of one image share a prefix), `isolate` (a failing request becomes
+an error result, never a failed batch) and `is_out_of_memory`. What a result was made with, for cache
+keys, is `pipeline.core.identity.model_revision`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 
 
 class EngineUnavailable(ConfigError):
@@ -130,47 +127,6 @@ def text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# Files whose content decides what a local model generates (weights are fingerprinted by name and size:
-# hashing gigabytes of safetensors on every run would cost more than the run).
-_CONTENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                  "chat_template.jinja", "chat_template.json", "processor_config.json",
-                  "preprocessor_config.json", "special_tokens_map.json")
-
-
-def local_revision(path: str | Path) -> str:
-    """`local:<hash>` of a model folder: its config/tokenizer files and its weight files' names and sizes."""
-    path = Path(path)
-    h = hashlib.sha1()
-    for name in sorted(os.listdir(path)):
-        f = path / name
-        if not f.is_file():
-            continue
-        if name in _CONTENT_FILES:
-            h.update(name.encode() + b"\0" + f.read_bytes())
-        elif name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
-            h.update(f"{name}\0{f.stat().st_size}".encode())
-    return "local:" + h.hexdigest()[:12]
-
-
-def model_revision(model: str, revision: str | None = None) -> str:
-    """What a model id resolves to without loading it: a local folder's content hash, or a hub commit.
-
-    For a hub id the commit comes from the local Hugging Face cache (offline, no network); when the
-    model is not cached yet, the requested revision (or `main`) stands in until the engine loads it.
-    """
-    if Path(model).expanduser().is_dir():
-        return local_revision(Path(model).expanduser())
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(model, "config.json", revision=revision)
-        if isinstance(found, str):
-            return Path(found).parent.name  # .../snapshots/<commit>/config.json
-    except Exception:  # noqa: BLE001 - an odd cache is not a reason to fail; fall back to the name
-        pass
-    return revision or "main"
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA or host out-of-memory, whatever class the framework raised it as."""
     if isinstance(exc, MemoryError):
@@ -203,10 +159,3 @@ def isolate(fn: Callable[[list[Request]], list[Result]], requests: list[Request]
         return isolate(fn, requests[:half]) + isolate(fn, requests[half:])
 
 
-def digest(*parts: Any) -> str:
-    """A short sha1 over `parts` (strings, or anything JSON-serialisable)."""
-    h = hashlib.sha1()
-    for p in parts:
-        h.update((p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)).encode())
-        h.update(b"\x1f")
-    return h.hexdigest()[:16]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.identity import model_revision
 from pipeline.engines.base import (
     Request,
     Result,
@@ -22,7 +23,6 @@ from pipeline.engines.base import (
     error_result,
     is_out_of_memory,
     isolate,
-    model_revision,
     text_only,
     with_image_first,
 )

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.identity import model_revision
 from pipeline.engines.base import (
     EngineUnavailable,
     Request,
     Result,
     SamplingParams,
     isolate,
-    model_revision,
     text_only,
     with_image_first,
 )

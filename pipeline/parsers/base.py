@@ -1,6 +1,6 @@
 """What every face parser shares: the result type, label-space checks, logits to label maps, agreement.
 
-Every parser returns label maps in CelebAMask-HQ ids (0..18, `pipeline.labels`) at the image's own
+Every parser returns label maps in CelebAMask-HQ ids (0..18, `pipeline.data.labels`) at the image's own
 size. Each model family has its own channel order; the mappings live here so they are tested in one
 place:
 - Segformer (`jonathandinu/face-parsing`): the table order. Its config's `id2label` names were wrong
@@ -12,15 +12,13 @@ place:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.labels import NAMES, NUM_CLASSES
+from pipeline.data.labels import NAMES, NUM_CLASSES
 
 # FaRL/facer celebm channel order and where each channel goes in CelebAMask-HQ ids.
 FARL_CELEBM_NAMES: tuple[str, ...] = (
@@ -78,20 +76,6 @@ def check_label_space(id2label: Mapping[int | str, str], model: str) -> str | No
     return None
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def logits_to_label(logits, size: tuple[int, int], lut: np.ndarray | None = None) -> np.ndarray:
     """(C, h, w) logits -> (H, W) uint8 ids: bilinear upsampling to `size`, argmax, optional id mapping."""
     import torch
@@ -131,28 +115,6 @@ def mean_iou(a: np.ndarray, b: np.ndarray) -> float:
     """mIoU between two label maps over the classes present in either (the parse agreement)."""
     iou = iou_per_class(confusion(a, b))
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else 1.0
-
-
-def file_identity(path: Path) -> str:
-    """A content identity for a model file or folder: sizes plus hashes of each file's head and tail.
-
-    Cheap for multi-GB checkpoints, and it changes when a model is retrained in place (a path alone
-    would not), so outputs made with the old weights become pending again.
-    """
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha1()
-    for f in files:
-        if f.name.startswith("."):
-            continue
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
-    return h.hexdigest()[:16]
 
 
 class Parser:

@@ -12,7 +12,8 @@ import logging
 
 import numpy as np
 
-from pipeline.parsers.base import Parsed, Parser, check_label_space, logits_to_label, torch_dtype
+from pipeline.core.devices import torch_dtype
+from pipeline.parsers.base import Parsed, Parser, check_label_space, logits_to_label
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.labels import NAMES, NUM_CLASSES
-from pipeline.ledger import atomic_write_bytes
-from pipeline.parsers.base import Parsed, Parser, logits_to_label, torch_dtype
+from pipeline.core.devices import torch_dtype
+from pipeline.core.ledger import atomic_write_bytes
+from pipeline.data.labels import NAMES, NUM_CLASSES
+from pipeline.parsers.base import Parsed, Parser, logits_to_label
 
 PARSER_JSON = "parser.json"
 WEIGHTS = "model.safetensors"

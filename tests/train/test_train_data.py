@@ -226,7 +226,7 @@ def test_tiny_tokenizer_matches_open_clip_and_reloads(encoder, tmp_path):
 
 
 def test_reads_shards_written_by_the_pipelines_writer(sample_maker, encoder, tmp_path):
-    wds = pytest.importorskip("pipeline.wds")
+    wds = pytest.importorskip("pipeline.data.wds")
     from urllib.parse import unquote
 
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ def build_segformer(out: Path) -> None:
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
-    from pipeline.labels import NAMES
+    from pipeline.data.labels import NAMES
 
     torch.manual_seed(0)
     config = SegformerConfig(

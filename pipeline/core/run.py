@@ -1,0 +1,206 @@
+"""Running a manifest: lock the output folder, record the resolved manifest, run stages in order.
+
+Only one run may write an output folder at a time (an advisory lock that the OS releases when a
+run dies, even by SIGKILL). `manifest.resolved.yaml` records exactly what ran (package version,
+every setting, model ids) and is deterministic, so re-running an unchanged manifest rewrites the same
+file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.core.config import ConfigError, to_plain
+from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.core.manifest import Manifest
+from pipeline.core.registry import REGISTRY, order
+from pipeline.core.runner import StageResult, pending_inputs, run_stage
+from pipeline.core.stage import StageContext
+
+RESOLVED = "manifest.resolved.yaml"
+
+
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold `out/.lock` for the duration of a run; a second run on the same folder fails at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"{out} is in use by another facecurate run (pid {holder}); wait for it or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def models_of(manifest: Manifest) -> dict[str, Any]:
+    """Model ids named by stage configs (any field called `model` or ending in `_model`)."""
+    found: dict[str, Any] = {}
+    for name, cfg in manifest.stages.items():
+        for f in dataclasses.fields(cfg):
+            if f.name == "model" or f.name.endswith("_model") or f.name == "models":
+                found[f"{name}.{f.name}"] = to_plain(getattr(cfg, f.name))
+    return found
+
+
+def write_resolved(manifest: Manifest, out: Path) -> None:
+    doc = {
+        "facecurate": __version__,
+        "python": platform.python_version(),
+        "models": models_of(manifest),
+        "manifest": to_plain(dataclasses.replace(manifest, out=out)),
+    }
+    atomic_write_bytes(out / RESOLVED, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode())
+
+
+def resolve_out(manifest: Manifest, out: Path | None) -> Path:
+    chosen = out or manifest.out
+    if chosen is None:
+        raise ConfigError("no output folder: set `out:` in the manifest or pass --out DIR")
+    return Path(chosen).resolve()
+
+
+def run_manifest(manifest: Manifest, out: Path, only: list[str] | None = None,
+                 console: Console | None = None) -> list[StageResult]:
+    """Run the manifest's stages (or `only` these) in dependency order; resumes whatever is done."""
+    console = console or Console(stderr=True)
+    if not manifest.stages:
+        raise ConfigError("stages: the manifest names no stage; add e.g. stages: {ingest: {sources: [...]}}")
+    names = order(list(manifest.stages))
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(f"--only: {', '.join(unknown)} not in this manifest; it has {', '.join(names)}")
+        names = [n for n in names if n in only]
+    ctx = StageContext(out)
+    results = []
+    with locked(out):
+        write_resolved(manifest, out)
+        for name in names:
+            results.append(run_stage(name, manifest.stages[name], ctx, manifest.runner, console))
+    return results
+
+
+def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
+    """Per stage: ok rows, failed rows by reason, pending inputs (None when it cannot be computed)."""
+    ctx = StageContext(out)
+    names = order(list(manifest.stages)) if manifest else [n for n in REGISTRY if ctx.ledger(n).parts()]
+    rows = []
+    for name in names:
+        spec = REGISTRY[name]
+        ledger = ctx.ledger(name)
+        if name == "ingest" and (out / "index.parquet").exists():
+            from collections import Counter
+
+            counts = Counter(ctx.index(["status"], ok_only=False)["status"].to_pylist())
+        else:
+            counts = ledger.counts()
+        pending: int | None = None
+        if manifest is not None:
+            try:
+                _, todo = pending_inputs(spec.stage_cls(), manifest.stages[name], ctx, spec, ledger,
+                                         manifest.runner.retry_failed)
+                pending = todo.num_rows
+            except (FileNotFoundError, ValueError, OSError, pa.ArrowException):
+                pending = None
+        rows.append({"stage": name, "ok": counts.get(OK, 0),
+                     "failed": {k: v for k, v in sorted(counts.items()) if k != OK}, "pending": pending})
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col, just in [("stage", "left"), ("ok", "right"), ("failed", "right"), ("by reason", "left"),
+                      ("pending", "right")]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        failed = sum(r["failed"].values())
+        reasons = ", ".join(f"{k} {v}" for k, v in r["failed"].items()) or "-"
+        pending = "?" if r["pending"] is None else str(r["pending"])
+        table.add_row(r["stage"], f"{r['ok']:,}", f"[red]{failed:,}[/]" if failed else "0", reasons, pending)
+    return table
+
+
+def results_rows(results: list[StageResult]) -> list[dict[str, Any]]:
+    return [{"stage": r.name, "ok": r.ok, "failed": r.failed, "pending": 0} for r in results]
+
+
+def load_resolved(out: Path) -> Manifest | None:
+    """The manifest a previous run recorded in `out`, or None if there is none or it no longer loads."""
+    from pipeline.core.manifest import build_manifest
+
+    path = out / RESOLVED
+    if not path.exists():
+        return None
+    doc = yaml.safe_load(path.read_text()) or {}
+    data = dict(doc.get("manifest") or {})
+    try:
+        return build_manifest(data, out)
+    except ConfigError:
+        return None
+
+
+def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: str | None = None,
+                      console: Console | None = None) -> StageResult:
+    """Run one stage on an existing output folder (`facecurate caption OUT ...` and the like).
+
+    The stage's settings are validated like a manifest section and merged into the run's recorded
+    manifest, so `status` and a later `run` know about it. Required upstream stages must be done.
+    """
+    from pipeline.core.config import RunnerConfig
+    from pipeline.core.manifest import build_manifest
+
+    out = out.resolve()
+    if not (out / "index.parquet").exists():
+        raise ConfigError(f"{out} has no index.parquet: run `facecurate ingest SRC --out {out}` first")
+    previous = load_resolved(out)
+    data: dict[str, Any] = {"name": previous.name if previous else out.name, "stages": {}}
+    if previous is not None:
+        data["runner"] = to_plain(previous.runner)
+        data["stages"] = {k: to_plain(v) for k, v in previous.stages.items()}
+    data["stages"][stage] = settings
+    if runner:
+        data.setdefault("runner", {})["kind"] = runner
+    manifest = build_manifest(data, Path.cwd())
+    missing = [r for r in REGISTRY[stage].requires if r != "ingest" and not StageContext(out).ledger(r).parts()]
+    if missing:
+        raise ConfigError(f"{stage} needs {', '.join(missing)} to have run on {out} first")
+    console = console or Console(stderr=True)
+    with locked(out):
+        write_resolved(manifest, out)
+        return run_stage(stage, manifest.stages[stage], StageContext(out), manifest.runner or RunnerConfig(), console)
+
+
+def previous_settings(out: Path, stage: str) -> dict[str, Any]:
+    """The settings `stage` last ran with in `out` (from manifest.resolved.yaml), or {} when none."""
+    m = load_resolved(out.resolve()) if out.is_dir() else None
+    return to_plain(m.stages[stage]) if m is not None and stage in m.stages else {}
+
+
+def print_summary(results: list[StageResult], title: str, out_console: Console, console: Console,
+                  seconds: float | None = None) -> None:
+    """The summary table every command ends with; with `seconds`, also what this run did."""
+    out_console.print(summary_table(results_rows(results), title))
+    if seconds is None:
+        return
+    new = sum(r.pending for r in results)
+    console.print(f"[dim]{new:,} item(s) processed in this run, {seconds:.1f} s; the rest was already done.[/dim]"
+                  if new else "[dim]everything was already done.[/dim]")

@@ -1,0 +1,282 @@
+"""Runs stage classes over their pending keys: in-process with a progress bar, or on Ray Data.
+
+One runner owns scheduling; stages know nothing of it. Both paths share the same pieces:
+`pending_inputs` decides what is left (fingerprints, see ledger.py), `call_isolated` calls the stage
+and turns any exception into rows (a failing sample never fails its batch: the batch is bisected until
+the failing rows are alone), and `PartWriter` flushes complete parts by row count or time. The Ray
+path only changes where `call_isolated` runs (an actor pool via `map_batches`); the driver still
+writes every part, so the ledger has one writer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from pipeline.core.config import RunnerConfig
+from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger
+from pipeline.core.registry import REGISTRY, StageSpec
+from pipeline.core.stage import Stage, StageContext, row_fingerprints
+
+
+@dataclass
+class StageResult:
+    """What one stage did in one run (for the summary table)."""
+
+    name: str
+    inputs: int = 0
+    pending: int = 0
+    seconds: float = 0.0
+    counts: Counter = field(default_factory=Counter)
+    new_failures: int = 0
+
+    @property
+    def ok(self) -> int:
+        return self.counts.get(OK, 0)
+
+    @property
+    def failed(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.counts.items()) if k != OK}
+
+
+def full_schema(cls: type[Stage]) -> pa.Schema:
+    return pa.schema(list(BASE_SCHEMA) + [f for f in cls.schema if f.name not in BASE_SCHEMA.names])
+
+
+def pending_inputs(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpec,
+                   ledger: Ledger, retry_failed: bool) -> tuple[pa.Table, pa.Table]:
+    """(all inputs with `_fp`, the rows still to do)."""
+    inputs = cls.inputs(cfg, ctx, spec.requires)
+    fps = row_fingerprints(cls.fingerprint(cfg), inputs["_src"].to_pylist())
+    inputs = inputs.append_column("_fp", pa.array(fps, pa.string()))
+    done = ledger.done()
+    mask = []
+    for k, f in zip(inputs["key"].to_pylist(), fps, strict=True):
+        d = done.get(k)
+        mask.append(d is None or d[0] != f or (retry_failed and d[1] < d[2]))
+    return inputs, inputs.filter(pa.array(mask, pa.bool_()))
+
+
+def to_numpy_batch(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def to_table(out: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """A stage's column batch as a table of the stage's schema (missing optional columns are null)."""
+    extra = set(out) - set(schema.names)
+    if extra:
+        raise ValueError(f"stage returned columns not in its schema: {sorted(extra)}")
+    n = len(out["key"])
+    cols = {}
+    for f in schema:
+        v = out.get(f.name)
+        if v is None:
+            cols[f.name] = pa.nulls(n, f.type)
+        else:
+            cols[f.name] = pa.array(list(v) if isinstance(v, np.ndarray) and v.dtype == object else v, f.type)
+    return pa.table(cols, schema=schema)
+
+
+def call_isolated(stage: Stage, batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Call the stage; exceptions become `stage_error` rows for exactly the rows that raise."""
+    keys = batch["key"].to_pylist()
+    fp_of = dict(zip(keys, batch["_fp"].to_pylist(), strict=True))
+    try:
+        table = to_table(stage(to_numpy_batch(batch)), schema.remove(schema.get_field_index("_fp")))
+    except Exception as e:  # noqa: BLE001 - any stage failure becomes data
+        if batch.num_rows > 1:
+            half = batch.num_rows // 2
+            return pa.concat_tables([call_isolated(stage, batch.slice(0, half), schema),
+                                     call_isolated(stage, batch.slice(half), schema)])
+        msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
+        table = to_table({"key": keys, "status": ["stage_error"], "error": [msg]},
+                         schema.remove(schema.get_field_index("_fp")))
+    got = table["key"].to_pylist()
+    unknown = set(got) - set(fp_of)
+    if unknown:
+        raise RuntimeError(f"stage returned keys it was not given: {sorted(unknown)[:3]}")
+    missing = [k for k in keys if k not in set(got)]
+    if missing:
+        table = pa.concat_tables([table, to_table(
+            {"key": missing, "status": ["stage_error"] * len(missing),
+             "error": ["stage returned no row for this key"] * len(missing)},
+            schema.remove(schema.get_field_index("_fp")))])
+    fps = pa.array([fp_of[k] for k in table["key"].to_pylist()], pa.string())
+    return table.add_column(schema.get_field_index("_fp"), schema.field("_fp"), fps)
+
+
+class PartWriter:
+    """Buffers output tables and writes a ledger part every `flush_rows` rows or `flush_seconds`."""
+
+    def __init__(self, ledger: Ledger, flush_rows: int, flush_seconds: float):
+        self.ledger, self.flush_rows, self.flush_seconds = ledger, flush_rows, flush_seconds
+        self.buffer: list[pa.Table] = []
+        self.rows = 0
+        self.last = time.monotonic()
+
+    def add(self, table: pa.Table) -> None:
+        self.buffer.append(table)
+        self.rows += table.num_rows
+        if self.rows >= self.flush_rows or time.monotonic() - self.last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.ledger.write(pa.concat_tables(self.buffer))
+        self.buffer, self.rows, self.last = [], 0, time.monotonic()
+
+
+class RateColumn(ProgressColumn):
+    """Items per second."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f}/s" if speed else "  -/s", style="cyan")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), TextColumn("[red]{task.fields[failed]} failed"),
+        console=console, transient=False, disable=not console.is_terminal,
+    )
+
+
+class _LogLines:
+    """Without a terminal (nohup, CI, cluster logs) the bar is off: print a progress line every 30 s."""
+
+    def __init__(self, console: Console, name: str, total: int, every: float = 30.0):
+        self.console, self.name, self.total, self.every = console, name, total, every
+        self.on = not console.is_terminal
+        self.done, self.t0 = 0, time.monotonic()
+        self.last = self.t0
+
+    def advance(self, n: int, failed: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.on and (now - self.last >= self.every or self.done == self.total):
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            self.console.print(f"{self.name}: {self.done:,}/{self.total:,} ({rate:,.1f}/s, eta {eta:,.0f} s, "
+                               f"{failed:,} failed)", highlight=False)
+            self.last = now
+
+
+def _batches(table: pa.Table, size: int) -> Iterator[pa.Table]:
+    for i in range(0, table.num_rows, max(1, size)):
+        yield table.slice(i, size)
+
+
+def _count_failed(table: pa.Table) -> tuple[int, int]:
+    """(keys in the table, keys with a failed row)."""
+    keys = table["key"].to_pylist()
+    bad = {k for k, s in zip(keys, table["status"].to_pylist(), strict=True) if s != OK}
+    return len(set(keys)), len(bad)
+
+
+def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
+              console: Console | None = None) -> StageResult:
+    """Run one stage over its pending keys and finalize it; returns counts for the summary."""
+    console = console or Console(stderr=True)
+    spec = REGISTRY[name]
+    cls = spec.stage_cls()
+    ledger = ctx.ledger(name)
+    ledger.remove_stale()
+    t0 = time.monotonic()
+    inputs, pending = pending_inputs(cls, cfg, ctx, spec, ledger, runner.retry_failed)
+    result = StageResult(name, inputs=inputs.num_rows, pending=pending.num_rows)
+    if pending.num_rows:
+        writer = PartWriter(ledger, runner.flush_rows, runner.flush_seconds)
+        schema = full_schema(cls)
+        log = _LogLines(console, name, pending.num_rows)
+        with _progress(console) as progress:
+            task = progress.add_task(name, total=pending.num_rows, failed=0)
+            outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner) if runner.kind == "ray"
+                       else _execute_local(cls, cfg, ctx, pending, schema))
+            for table in outputs:
+                writer.add(table)
+                n, bad = _count_failed(table)
+                result.new_failures += bad
+                progress.update(task, advance=n, failed=result.new_failures)
+                log.advance(n, result.new_failures)
+        writer.flush()
+        ledger.compact()
+    cls.finalize(cfg, ctx, inputs)
+    result.counts = ledger.counts() if name != "ingest" else _index_counts(ctx)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _index_counts(ctx: StageContext) -> Counter:
+    return Counter(ctx.index(["status"], ok_only=False)["status"].to_pylist())
+
+
+def _execute_local(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Table,
+                   schema: pa.Schema) -> Iterator[pa.Table]:
+    stage = cls(cfg, ctx)
+    for batch in _batches(pending, cfg.batch_size):
+        yield call_isolated(stage, batch, schema)
+
+
+class _RayStage:
+    """The actor a Ray pool runs: builds the stage once, maps pyarrow batches through `call_isolated`."""
+
+    def __init__(self, cls: type[Stage], cfg: Any, ctx: StageContext, schema: pa.Schema):
+        self.stage, self.schema = cls(cfg, ctx), schema
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return call_isolated(self.stage, batch, self.schema)
+
+
+def ray_init(runner: RunnerConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if runner.address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=runner.address, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR", configure_logging=False)
+
+
+def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Table, schema: pa.Schema,
+                 runner: RunnerConfig) -> Iterator[pa.Table]:
+    import ray
+
+    ray_init(runner)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 1.0), res.get("GPU", 0.0)
+    if cfg.num_gpus > 0:
+        if gpus < cfg.num_gpus:
+            raise RuntimeError(f"stage asks for num_gpus={cfg.num_gpus} but the Ray cluster has {gpus:g} GPUs")
+        num_cpus = min(cfg.num_cpus, cpus / max(1, gpus))
+        size = cfg.concurrency or max(1, int(gpus // cfg.num_gpus))
+    else:
+        # Leave CPU for Ray's own tasks: whole-CPU actors filling a 2-core machine deadlock the pipeline.
+        num_cpus = min(cfg.num_cpus, max(cpus / 4, 0.25))
+        size = cfg.concurrency or max(1, int((cpus - 1) // num_cpus))
+    blocks = list(_batches(pending, cfg.batch_size))
+    ds = ray.data.from_arrow(blocks).map_batches(
+        _RayStage, fn_constructor_kwargs={"cls": cls, "cfg": cfg, "ctx": ctx, "schema": schema},
+        batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=num_cpus, num_gpus=cfg.num_gpus,
+        compute=ray.data.ActorPoolStrategy(size=size),
+    )
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

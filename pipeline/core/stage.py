@@ -1,0 +1,126 @@
+"""The stage contract every pipeline stage follows (see DESIGN.md, "The stage contract").
+
+A stage is a callable class: `__init__(cfg, ctx)` loads models once, `__call__(batch)` takes a column
+batch (`dict[str, np.ndarray]`, Ray Data's numpy batch format) and returns a column batch
+(`dict[str, list | np.ndarray]`) whose rows each carry `key`, `status` (`ok` or a reason code) and
+`error` (readable text, empty when ok). Several output rows per key are allowed (one per prompt, say);
+every input key must come back. The runner adds `_fp` and writes the rows through the stage's
+ledger; a stage never imports ray and never writes ledger rows itself (it may write files such as
+`masks/<key>.png`, atomically).
+
+Class-level hooks, all optional:
+- `schema`: the stage's own output columns (besides key/status/error), so every part has one schema.
+- `version`: bump when a code change alters the output; part of the fingerprint.
+- `inputs(cfg, ctx)`: the rows to process, with a `_src` column that identifies each row's input.
+  The default (`default_inputs`) is the ok rows of `index.parquet` that every required stage has
+  marked ok, with `_src` built from the image hash and the upstream fingerprints.
+- `finalize(cfg, ctx, inputs)`: runs on the driver after every input row is done (write an index,
+  merge statistics); `inputs` is the current input table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.core.config import fingerprint as config_fingerprint
+from pipeline.core.ledger import OK, Ledger
+from pipeline.core.registry import REGISTRY
+
+INDEX = "index.parquet"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage knows of its run.
+
+    Args:
+        out: the run's output folder.
+    """
+
+    out: Path
+
+    def ledger(self, stage: str) -> Ledger:
+        spec = REGISTRY[stage]
+        return Ledger(self.out, spec.ledger or spec.name)
+
+    def index(self, columns: list[str] | None = None, ok_only: bool = True) -> pa.Table:
+        path = self.out / INDEX
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the ingest stage first")
+        t = pq.read_table(path, columns=columns if columns is None or "status" in columns
+                          else [*columns, "status"])
+        if ok_only:
+            t = t.filter(pc.equal(t["status"], OK))
+        return t if columns is None or "status" in columns else t.drop_columns(["status"])
+
+
+class Stage:
+    """Base class for stages; subclasses set `schema` and implement `__call__`.
+
+    Args:
+        cfg: the stage's frozen config dataclass.
+        ctx: the run context (output folder).
+    """
+
+    schema: ClassVar[pa.Schema] = pa.schema([])
+    version: ClassVar[str] = "1"
+
+    def __init__(self, cfg: Any, ctx: StageContext):
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint(cls, cfg: Any) -> str:
+        return f"{cls.__name__}:{cls.version}:{config_fingerprint(cfg)}"
+
+    @classmethod
+    def inputs(cls, cfg: Any, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
+        return default_inputs(ctx, requires)
+
+    @classmethod
+    def finalize(cls, cfg: Any, ctx: StageContext, inputs: pa.Table | None = None) -> None:
+        return None
+
+
+def default_inputs(ctx: StageContext, requires: tuple[str, ...]) -> pa.Table:
+    """Ok index rows whose key has at least one ok row in every required stage (other than ingest).
+
+    `_src` joins the image's sha256 with each upstream stage's fingerprint for the key, so a
+    changed image or a re-made upstream output makes this stage's row pending again.
+    """
+    index = ctx.index()
+    keys = index["key"].to_pylist()
+    src = [str(s) for s in index["sha256"].to_pylist()]
+    keep = np.ones(len(keys), bool)
+    for name in requires:
+        if name == "ingest":
+            continue
+        done = ctx.ledger(name).done()
+        for i, k in enumerate(keys):
+            d = done.get(k)
+            if d is None or d[1] == 0:  # a key flows on when at least one of its rows is ok
+                keep[i] = False
+            else:
+                src[i] += "|" + d[0]
+    index = index.append_column("_src", pa.array(src, pa.string()))
+    return index.filter(pa.array(keep))
+
+
+def row_fingerprints(stage_fp: str, src: list[str]) -> list[str]:
+    prefix = stage_fp.encode()
+    return [hashlib.sha1(prefix + b"|" + s.encode()).hexdigest()[:20] for s in src]
+
+
+def error_row(key: str, status: str, error: str) -> dict[str, str]:
+    return {"key": key, "status": status, "error": error}

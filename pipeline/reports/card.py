@@ -1,0 +1,219 @@
+"""The dataset card (`shards/README.md`) and the Hugging Face features of the shards (`features.json`).
+
+The card is written from what the run recorded, never from assumptions: counts from the shard ledger
+and `index.json`, models and revisions from `manifest.resolved.yaml`, licenses from the index rows,
+statistics from the samples (class pixel shares, flags, captions) plus `stats/attributes.json` when the
+stats stage ran. Its YAML header names the splits and the exact features, so
+`datasets.load_dataset("<this folder or its hub repo>")` works and samples that lack a field still load
+(Hugging Face would otherwise infer the schema from the first five samples). No timestamps: the same
+data gives the same card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import __version__
+from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.data.labels import NAMES, NUM_CLASSES
+
+LATENT_FIELDS = {"latent": "image", "mask_latent": "colourised mask", "sketch_latent": "sketch"}
+JSON_FIELDS = ("key, vae {id, subfolder, revision, scaling_factor, shift_factor, channels}, resolution, "
+               "class_pixels[19], flags, license, source_url, split, source, mask_source")
+
+
+def hf_features(vaes: dict[str, int], resolution: int) -> dict[str, Any]:
+    """The shards' schema as `datasets.Features.to_dict()` data (written by hand: no `datasets` needed)."""
+    s, i64, f64 = ({"dtype": t, "_type": "Value"} for t in ("string", "int64", "float64"))
+    image = {"_type": "Image"}
+    feats: dict[str, Any] = {"jpg": image, "mask.png": image, "sketch.png": image,
+                             "captions.json": {"feature": s, "_type": "List"}}
+    for name, ch in sorted(vaes.items()):
+        for f in LATENT_FIELDS:
+            shape = [ch, resolution // 8, resolution // 8]
+            feats[f"{name}.{f}.npy"] = {"shape": shape, "dtype": "float16", "_type": "Array3D"}
+    vae = {"id": s, "subfolder": s, "revision": s, "scaling_factor": f64, "shift_factor": f64,
+           "channels": i64}
+    feats["json"] = {"key": s, "vae": {n: vae for n in sorted(vaes)}, "resolution": i64,
+                     "class_pixels": {"feature": i64, "_type": "List"},
+                     "flags": {"feature": s, "_type": "List"}, "license": s, "source_url": s, "split": s,
+                     "source": s, "mask_source": s}
+    feats["__key__"] = feats["__url__"] = s
+    return feats
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def _counts(c: Counter | dict, empty: str = "none") -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in c.items()) or empty
+
+
+def _header(name: str, index: dict, features: dict[str, Any]) -> str:
+    head: dict[str, Any] = {
+        "pretty_name": name, "license": "other", "task_categories": ["text-to-image", "image-segmentation"],
+        "tags": ["faces", "webdataset", "face-parsing", "sketch", "vae-latents", "facecurate"],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": sp, "path": f"{sp}-*.tar"} for sp in index["splits"]]}],
+    }
+    try:  # the YAML form of the features comes from `datasets`; the card is complete without it
+        import datasets
+
+        head["dataset_info"] = {"features": datasets.Features.from_dict(features)._to_yaml_list()}
+    except Exception:  # noqa: BLE001
+        pass
+    return "---\n" + yaml.safe_dump(head, sort_keys=False).strip() + "\n---"
+
+
+def _schema(index: dict, ok: list[dict[str, Any]]) -> list[str]:
+    res, present = index["resolution"] or 0, Counter(f for r in ok for f in r["fields"] or [])
+    rows = [["jpg", "RGB JPEG, quality 95, 4:4:4 chroma", present["jpg"]],
+            ["mask.png", "uint8 label map, CelebAMask-HQ ids 0..18, single channel", present["mask.png"]],
+            ["sketch.png", "uint8 sketch, black lines on white, single channel", present["sketch.png"]],
+            ["captions.json", "JSON list of up to 10 captions", present["captions.json"]]]
+    for v, m in index["vaes"].items():
+        for f, what in LATENT_FIELDS.items():
+            shape = f"({m.get('channels')}, {res // 8}, {res // 8})"
+            rows.append([f"{v}.{f}.npy", f"{what}: VAE latent mean, float16 {shape}, unscaled, unshifted",
+                         present[f"{v}.{f}.npy"]])
+    rows.append(["json", JSON_FIELDS, present["json"]])
+    return ["## Sample schema", "",
+            "`__key__` is the facecurate key percent-encoded (`photos/astronaut` -> `photos%2Fastronaut`): "
+            "`urllib.parse.unquote(__key__)` gives it back, and `json[\"key\"]` holds it too.", "",
+            _table(["field", "content", f"samples with it (of {len(ok):,})"],
+                   [[f"`{a}`", b, f"{c:,}"] for a, b, c in rows]),
+            "", "A missing field is absent (not empty), and `json.flags` names it (`no_mask`, `no_sketch`, "
+            "`no_captions`, `no_latents`) wherever its stage ran."]
+
+
+def _models(resolved: dict, index: dict) -> list[str]:
+    models = resolved.get("models") or {}
+    out = ["## Models and revisions", "",
+           _table(["setting", "model"], [[k, f"`{json.dumps(v)}`"] for k, v in models.items()])
+           if models else "No model settings were recorded."]
+    if index["vaes"]:
+        cols = ["VAE", "id", "revision", "channels", "scaling_factor", "shift_factor", "samples"]
+        out += ["", _table(cols, [[v, m.get("id"), m.get("revision") or "-", m.get("channels"),
+                                   m.get("scaling_factor"), m.get("shift_factor"), f"{m['samples']:,}"]
+                                  for v, m in index["vaes"].items()]),
+                "", "Latents are stored raw: apply `(z - shift_factor) * scaling_factor` (diffusers) or "
+                "`z * scaling_factor` (MMFace-DiT) when loading; both factors are in every sample's `json`."]
+    return out
+
+
+def _licenses(ok: list[dict[str, Any]]) -> list[str]:
+    lic = Counter(r.get("license") or "none recorded (the source's terms apply)" for r in ok)
+    return ["## Licenses", "",
+            "Every sample's `json` has its image's `license` and `source_url` (FFHQ records one per image: "
+            "keep the attribution). Images without one carry their source's terms (CelebA-HQ / CelebAMask-HQ: "
+            "non-commercial research only). Masks, sketches, captions and latents derive from the image and "
+            "follow its terms.", "",
+            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in lic.most_common()])]
+
+
+def _statistics(out: Path, ok: list[dict[str, Any]]) -> list[str]:
+    pixels = [r["class_pixels"] or [0] * NUM_CLASSES for r in ok]
+    totals = [sum(p[c] for p in pixels) for c in range(NUM_CLASSES)]
+    share = [[NAMES[c], f"{totals[c] / (sum(totals) or 1):.4f}", f"{sum(1 for p in pixels if p[c]):,}"]
+             for c in range(NUM_CLASSES)]
+    flags = Counter(_fold(f) for r in ok for f in r["flags"] or [])
+    caps = Counter(r["captions"] or 0 for r in sorted(ok, key=lambda r: r["captions"] or 0))
+    sources = Counter(r["source"] for r in ok).most_common()
+    parts = ["## Statistics", "", _table(["source", "samples"], [[k, f"{v:,}"] for k, v in sources]),
+             "", "Class pixel share over the stored masks (at the shard resolution):", "",
+             _table(["class", "pixel share", "samples with it"], share), "",
+             "Captions per sample: " + ", ".join(f"{k}: {v:,}" for k, v in caps.items()) + ".", "",
+             "Flags: " + _counts(Counter(dict(flags.most_common(20)))) + "."]
+    stats = out / "stats" / "attributes.json"
+    if stats.exists():
+        parts += ["", "From the stats stage (`stats/attributes.json`):", "", _stats_summary(stats)]
+    return parts
+
+
+def _fold(flag: str) -> str:
+    """A flag without its per-sample detail (`captions:mask_contradiction:hat@8` -> `captions:mask_contradiction`,
+    `stale_latents:flux` -> `stale_latents`), so the card's list counts kinds of problems."""
+    parts = flag.split(":")
+    return ":".join(parts[:2]) if parts[0] in ("ingest", "sketch", "captions") else parts[0]
+
+
+def _stats_summary(path: Path) -> str:
+    """A short rendering of whatever `stats/attributes.json` holds (its schema belongs to the stats stage)."""
+    try:
+        doc = json.loads(path.read_text())
+    except Exception as e:  # noqa: BLE001
+        return f"`stats/attributes.json` could not be read ({type(e).__name__})."
+    rows = []
+    for k, v in (doc.items() if isinstance(doc, dict) else []):
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            rows.append([k, v])
+        elif isinstance(v, dict) and len(v) <= 24 and all(isinstance(x, int | float | str) for x in v.values()):
+            rows.append([k, ", ".join(f"{a}: {round(b, 4) if isinstance(b, float) else b}"
+                                      for a, b in v.items())])
+        else:
+            rows.append([k, f"({type(v).__name__}: see stats/attributes.json)"])
+    return _table(["attribute", "value"], rows) if rows else "`stats/attributes.json` is empty."
+
+
+def _how_to_load(index: dict) -> list[str]:
+    train = [s["name"] for s in index["shards"] if s["split"] == "train"]
+    urls = (f"shards/train-{{000000..{len(train) - 1:06d}}}.tar" if len(train) > 1
+            else "shards/train-000000.tar")
+    vae = next(iter(index["vaes"]), None)
+    read = (f'    image, meta, z = s["jpg"], s["json"], s["{vae}.latent.npy"]  # uint8 (R, R, 3), dict, float16'
+            if vae else '    image, meta = s["jpg"], s["json"]  # uint8 (R, R, 3), dict')
+    wds = ["import io, numpy as np, webdataset as wds", "from PIL import Image", "",
+           "grey = lambda b: np.asarray(Image.open(io.BytesIO(b)))  # masks and sketches stay single-channel",
+           f'ds = wds.WebDataset("{urls}", shardshuffle=100).decode(',
+           '    wds.handle_extension("mask.png sketch.png", grey), "rgb8")  # .npy: np.load(allow_pickle=False)',
+           "for s in ds:", read]
+    hf = ["import json, datasets", "",
+          "ds = datasets.load_dataset(\"shards\", split=\"train\")  # this folder (or its hub repo): the card's YAML",
+          "# or any subset of the tars, with the features from features.json:",
+          'features = datasets.Features.from_dict(json.load(open("shards/features.json")))',
+          'ds = datasets.load_dataset("webdataset", data_files={"train": "shards/train-*.tar"}, split="train",',
+          "                           features=features)"]
+    return ["## How to load", "",
+            "`index.json` lists every shard with its sample count, bytes and sha256 (`facecurate verify` checks "
+            "them, and every field of every sample). Nothing needs pickle.", "", "WebDataset:", "", "```python",
+            *wds, "```", "", "Hugging Face `datasets`:", "", "```python", *hf, "```", "",
+            "The facecurate trainer reads this folder directly (`train/data.py`); "
+            "`facecurate export RUN --format mmface-dit` writes the folder layout of the public MMFace-DiT trainer."]
+
+
+def render(out: Path, index: dict, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(README.md text, features) for the shards of the run in `out`."""
+    path = out / "manifest.resolved.yaml"
+    resolved = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    name = (resolved.get("manifest") or {}).get("name") or out.name
+    ok = [r for r in rows if r["status"] == OK]
+    res = index["resolution"] or 0
+    features = hf_features({v: int(m.get("channels") or 0) for v, m in index["vaes"].items()}, res)
+    present = Counter(f.split(".")[0] for r in ok for f in r["fields"] or [])
+    have = [w for w, f in (("19-class masks", "mask"), ("sketches", "sketch"), ("captions", "captions"))
+            if present[f]] + ([f"{', '.join(index['vaes'])} VAE latents"] if index["vaes"] else [])
+    parts = [_header(name, index, features), "", f"# {name}", "",
+             f"{len(ok):,} face images at {res}x{res}" + (f" with {', '.join(have)}" if have else "") +
+             f", as WebDataset shards. Made by facecurate {__version__}; the run folder's "
+             "`manifest.resolved.yaml` records every setting.", "", "## Splits", "",
+             _table(["split", "samples", "shards", "bytes"],
+                    [[sp, f"{d['samples']:,}", d["shards"], f"{d['bytes']:,}"]
+                     for sp, d in index["splits"].items()]),
+             "", f"Left out, by reason (see the shard ledger): {_counts(index['left_out'])}.", "",
+             *_schema(index, ok), "", *_models(resolved, index), "", *_licenses(ok), "",
+             *_statistics(out, ok), "", *_how_to_load(index), ""]
+    return "\n".join(parts), features
+
+
+def write_card(out: Path, index: dict, rows: list[dict[str, Any]]) -> None:
+    """Write `shards/features.json` and `shards/README.md`."""
+    text, features = render(out, index, rows)
+    atomic_write_bytes(out / "shards" / "features.json", (json.dumps(features, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "shards" / "README.md", text.encode())

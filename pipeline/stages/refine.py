@@ -1,0 +1,250 @@
+"""Refine: an LLM (Qwen3, thinking off) turns an image's cleaned captions into ten unique, consistent ones.
+
+Per image the refiner gets every cleaned caption of that image and, where the parse stage has run,
+what its mask shows (eyeglasses, hat, earrings, necklace: present, absent or unknown, from pixel
+shares against written thresholds). It answers JSON (guided by a JSON schema on engines that support
+it, vLLM; described in the prompt for all). Every caption it returns is checked (`pipeline.text.judge`):
+invented facts, mask contradictions and duplicates are rejected and counted, and the image is asked
+again for the captions still missing, up to `max_retries` times. What is still missing then is filled
+from the cleaned captions (flag `filled_from_cleaned`); an image whose answers never parse falls back
+to its cleaned captions entirely (`fallback:unparseable`). Fewer than ten unique captions is said
+(`too_few_captions`), never papered over. Without a parse ledger the stage still runs and flags
+`no_mask_evidence`.
+
+One row per key in `captions/final`: captions, provenance (`refined:<prompt_id>`, `generated`,
+`cleaned:<prompt_id>`), CLIP token counts and flags. The ledger is the cache: a key's `_src` is the
+hash of its cleaned captions and mask evidence, and the stage fingerprint holds the model, its
+revision, the decoding settings and the prompt version, so a row's `_fp` is the cache key (inputs
+hash, model, prompt version). An unchanged key is never sent again, and a key whose inputs equal
+another key's (a re-ingested copy) reuses that key's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, volatile
+from pipeline.core.ledger import OK, Ledger
+from pipeline.core.stage import Stage, StageContext
+from pipeline.engines import Request, Result, SamplingParams, make_engine
+from pipeline.text.judge import MASK_ITEMS, KeyState
+from pipeline.text.refine_prompt import (
+    INSTRUCTIONS,
+    PROMPT_VERSION,
+    SYSTEM,
+    ParseError,
+    json_schema,
+    parse_output,
+)
+from pipeline.text.tokens import CONTEXT_LENGTH
+
+# Pixel share of the image above which a mask item counts as present, per item, and below which it
+# counts as absent (between the two: unknown, no evidence either way). At 512x512 (262,144 px) a
+# visible stud earring covers roughly 50-300 px (0.02-0.1%), a necklace chain 0.1-1%, eyeglass frames
+# 1-3% and a hat 5-20%; parser noise on a face without the item is a scatter of a few pixels. The
+# present thresholds sit well under the smallest real item of each kind and far above that noise.
+PRESENT_SHARE = {"eyeglasses": 0.002, "hat": 0.005, "earrings": 0.0002, "necklace": 0.0005}
+ABSENT_SHARE = 0.00002  # about 5 px at 512x512
+
+
+@dataclass(frozen=True)
+class RefineConfig(StageConfig):
+    """Settings of the refine stage.
+
+    Args:
+        model: hub id (`Qwen/Qwen3-1.7B`, `-4B`, `-8B`) or a local model folder.
+        revision: hub revision to pin.
+        engine: `transformers` (any machine) or `vllm` (GPU; guided JSON decoding).
+        num_captions: captions per image (10).
+        budget: CLIP tokens per caption, start and end tokens included.
+        max_new_tokens: generation limit per answer (ten captions take about 500-700 tokens).
+        temperature: first attempt's temperature (0: greedy, reproducible).
+        retry_temperature: retries sample, or they would repeat the rejected answer.
+        max_retries: extra attempts per image for unparseable answers or missing captions.
+        seed: sampling seed (retry i uses seed + i).
+        mask_present_share: per mask item, the pixel share at or above which it is present.
+        mask_absent_share: the pixel share at or below which a mask item is absent.
+        device, dtype, engine_batch, engine_options: see the caption stage.
+    """
+
+    model: str = model_ref("Qwen/Qwen3-1.7B")
+    revision: str | None = None
+    engine: Literal["transformers", "vllm"] = volatile("transformers")
+    num_captions: int = 10
+    budget: int = CONTEXT_LENGTH
+    max_new_tokens: int = 768
+    temperature: float = 0.0
+    retry_temperature: float = 0.7
+    max_retries: int = 2
+    seed: int = 0
+    mask_present_share: dict[str, float] = field(default_factory=lambda: dict(PRESENT_SHARE))
+    mask_absent_share: float = ABSENT_SHARE
+    device: str = volatile("auto")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = volatile("auto")
+    engine_batch: int = volatile(32)
+    engine_options: dict[str, Any] = field(default_factory=dict, metadata={"volatile": True})
+    batch_size: int = volatile(32)
+
+    def __post_init__(self) -> None:
+        SamplingParams(temperature=self.temperature, max_tokens=self.max_new_tokens)  # raises on bad values
+        SamplingParams(temperature=self.retry_temperature)
+        if not 1 <= self.num_captions <= 50:
+            raise ValueError(f"num_captions must be from 1 to 50, got {self.num_captions}")
+        if not 8 <= self.budget <= CONTEXT_LENGTH:
+            raise ValueError(f"budget must be from 8 to {CONTEXT_LENGTH} (CLIP's context), got {self.budget}")
+        if not 0 <= self.max_retries <= 10:
+            raise ValueError(f"max_retries must be from 0 to 10, got {self.max_retries}")
+        unknown = sorted(set(self.mask_present_share) - set(MASK_ITEMS))
+        if unknown:
+            raise ValueError(f"mask_present_share: unknown item(s) {', '.join(unknown)}; items: {', '.join(MASK_ITEMS)}")
+        for item, share in self.present_shares().items():
+            if not self.mask_absent_share < share < 1:
+                raise ValueError(f"mask_present_share.{item} must be above mask_absent_share "
+                                 f"({self.mask_absent_share}) and below 1, got {share}")
+
+    def present_shares(self) -> dict[str, float]:
+        return {**PRESENT_SHARE, **self.mask_present_share}
+
+
+def mask_evidence(out: Any, cfg: RefineConfig) -> dict[str, dict[str, str]] | None:
+    """key -> {item: present/absent/unknown} from the primary parser's class pixels; None without a parse ledger."""
+    ledger = Ledger(out, "parse")
+    if not ledger.parts():
+        return None
+    t = ledger.read(["key", "status", "primary", "class_pixels"])
+    t = t.filter(pc.and_(pc.equal(t["status"], OK), pc.fill_null(t["primary"], False)))
+    present = cfg.present_shares()
+    evidence = {}
+    for key, pixels in zip(t["key"].to_pylist(), t["class_pixels"].to_pylist(), strict=True):
+        total = sum(pixels or []) or 1
+        evidence[key] = {item: ("present" if pixels[cid] / total >= present[item] else
+                                "absent" if pixels[cid] / total <= cfg.mask_absent_share else "unknown")
+                         for item, (cid, _) in MASK_ITEMS.items()}
+    return evidence
+
+
+class RefineStage(Stage):
+    """One `captions/final` row per key; see the module docstring."""
+
+    schema: ClassVar[pa.Schema] = pa.schema([
+        ("captions", pa.list_(pa.string())), ("provenance", pa.list_(pa.string())),
+        ("clip_tokens", pa.list_(pa.int32())), ("flags", pa.list_(pa.string())),
+    ])
+    version: ClassVar[str] = "1"
+
+    def __init__(self, cfg: RefineConfig, ctx: StageContext):
+        super().__init__(cfg, ctx)
+        extra = dict(cfg.engine_options)
+        # Qwen3 thinks by default; refinement wants the answer only (a user may add template variables).
+        template = {"enable_thinking": False, **extra.pop("chat_template_kwargs", {})}
+        options: dict[str, Any] = dict(revision=cfg.revision, dtype=cfg.dtype, chat_template_kwargs=template, **extra)
+        if cfg.engine == "transformers":
+            options.update(device=cfg.device, batch_size=cfg.engine_batch)
+        try:
+            self.engine = make_engine(cfg.engine, cfg.model, **options)
+        except (OSError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"stages.refine.model: cannot load {cfg.model!r} ({type(e).__name__}: {first})") from e
+        self.guided = bool(getattr(self.engine, "supports_json_schema", False))
+        done = ctx.ledger("refine").read()  # the cache: an identical input (same _fp) reuses its row
+        self.cache = {r["_fp"]: r for r in done.to_pylist() if r["status"] == OK} if done.num_rows else {}
+
+    @classmethod
+    def fingerprint(cls, cfg: RefineConfig) -> str:
+        from pipeline.core.identity import model_revision
+
+        # The prompt's text and the model's resolved revision, not just names; a local model folder is
+        # known by its content hash, so moving it keeps the cache.
+        prompt = hashlib.sha1((PROMPT_VERSION + SYSTEM + INSTRUCTIONS).encode()).hexdigest()[:12]
+        rest = fingerprint(dataclasses.replace(cfg, model=""))
+        name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model
+        return f"{cls.__name__}:{cls.version}:{rest}:{PROMPT_VERSION}:{prompt}:{name}@{model_revision(cfg.model, cfg.revision)}"
+
+    @classmethod
+    def inputs(cls, cfg: RefineConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
+        t = Ledger(ctx.out, "captions/clean").read(["key", "status", "prompt_id", "text"])
+        ok = set(ctx.index(["key"])["key"].to_pylist())
+        grouped: dict[str, list[list[str]]] = {}
+        for k, s, pid, text in zip(*(t[c].to_pylist() for c in ("key", "status", "prompt_id", "text")), strict=True):
+            if s == OK and k in ok:
+                grouped.setdefault(k, []).append([pid, text])
+        evidence = mask_evidence(ctx.out, cfg)
+        keys = sorted(grouped)
+        blobs = [json.dumps({"captions": grouped[k], "evidence": (evidence or {}).get(k, {})}, sort_keys=True)
+                 for k in keys]
+        src = [hashlib.sha1(b.encode()).hexdigest()[:20] for b in blobs]
+        return pa.table({"key": keys, "inputs": blobs, "_src": src}, schema=pa.schema(
+            [("key", pa.string()), ("inputs", pa.string()), ("_src", pa.string())]))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {n: [] for n in ("key", "status", "error", *self.schema.names)}
+        states = []
+        for key, blob, fp in zip(batch["key"], batch["inputs"], batch["_fp"], strict=True):
+            hit = self.cache.get(str(fp))
+            if hit is not None:
+                self._emit(out, str(key), OK, "", (hit["captions"], hit["provenance"], hit["clip_tokens"], hit["flags"]))
+                continue
+            data = json.loads(str(blob))
+            states.append(KeyState(str(key), [tuple(c) for c in data["captions"]], data["evidence"],
+                                   self.cfg.num_captions, self.cfg.budget))
+        for attempt in range(1 + self.cfg.max_retries):
+            todo = [s for s in states if s.missing > 0]
+            if not todo:
+                break
+            try:
+                results = self.engine.generate([self._request(s, attempt) for s in todo])
+            except Exception as e:  # noqa: BLE001 - an engine crash is these images' rows, never the batch's
+                results = [Result("", finish_reason="error", error=f"{type(e).__name__}: {e}")] * len(todo)
+            for s, res in zip(todo, results, strict=True):
+                self._take(s, res)
+        for s in states:
+            status = "engine_error" if s.engine_error and not s.parsed else OK
+            self._emit(out, s.key, status, s.engine_error if status != OK else "", s.result())
+        return out
+
+    def _request(self, s: KeyState, attempt: int) -> Request:
+        # Every key of a round shares one sampling setting, so an engine batches the round as one group.
+        sp = SamplingParams(max_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed + attempt,
+                            temperature=self.cfg.temperature if attempt == 0 else self.cfg.retry_temperature,
+                            json_schema=json_schema(s.missing, s.sources) if self.guided else None)
+        return Request(s.messages(), None, sp)
+
+    @staticmethod
+    def _take(s: KeyState, res: Any) -> None:
+        if res.finish_reason == "error":
+            s.engine_error = res.error or "engine error"
+            s.reject("engine_error")
+            return
+        try:
+            items, _ = parse_output(res.text)
+        except ParseError:
+            s.reject("unparseable")
+            return
+        s.parsed = True
+        for text, source in items:
+            s.offer(text, source)
+
+    @staticmethod
+    def _emit(out: dict[str, list], key: str, status: str, error: str, result: tuple) -> None:
+        captions, provenance, tokens, flags = result
+        for name, v in (("key", key), ("status", status), ("error", error[:500]), ("captions", list(captions)),
+                        ("provenance", list(provenance)), ("clip_tokens", list(tokens)), ("flags", list(flags))):
+            out[name].append(v)
+
+    @classmethod
+    def finalize(cls, cfg: RefineConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:
+        from pipeline.reports.caption_report import print_headline, write_report
+
+        keys = set(inputs["key"].to_pylist()) if inputs is not None else None
+        print_headline(write_report(ctx.out, keys, cfg.num_captions))

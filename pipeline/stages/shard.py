@@ -1,0 +1,256 @@
+"""Shard: WebDataset shards per split, with an index of checksums and a dataset card.
+
+Two phases, so that a run killed at any moment resumes without a duplicate or a missing sample:
+
+1. `__call__` (parallel, on the runner's workers) prepares each sample: the aligned views at the shard
+   resolution (`pipeline.data.views`: the same pixels the latents encoded), `jpg`, `mask.png`, `sketch.png`,
+   `captions.json`, each VAE's latents copied byte for byte from the latents files, and `json`
+   metadata. It writes the sample's tar members as one fragment file, `shards/.samples/<key>.<fp>.tar`,
+   atomically, and returns a ledger row (size, sha256, fields, flags). A sample whose mask, sketch,
+   captions or latents are missing is written without that field and flagged `no_<field>`, or left
+   out with status `missing_<field>` when the field is in `require`.
+2. `finalize` (driver) plans the shards deterministically from the ledger alone (per split, samples in
+   a seeded hash order, rolled by `max_samples` and `max_bytes`), then writes each shard as its
+   fragments back to back under a temporary name, fsyncs and renames it. A shard whose plan digest
+   and file are unchanged since the last run is skipped (`.assembly.json` records both), shards no
+   plan names are deleted, and `index.json` (every shard's samples, bytes and sha256) is written last:
+   it is the completion marker, removed while shards are being rewritten.
+
+The order is a hash of (seed, key) rather than the key itself, so every shard mixes sources; the same
+inputs and settings give byte-identical shards. Fragments are kept (`keep_staged`) so adding images
+re-prepares only the new ones; without them a changed plan re-prepares missing fragments on the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from pipeline.core.config import ConfigError, StageConfig, volatile
+from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.core.stage import Stage, StageContext, default_inputs
+from pipeline.data.arrays import read_npz_members
+from pipeline.data.labels import class_pixel_counts
+from pipeline.data.shard_assembly import assemble, build_index, plan_shards, vae_info
+from pipeline.data.views import ViewError, dumps, load_views, rows_of, upstream, view_columns
+from pipeline.data.wds import sample_fragment
+
+UPSTREAM = ("refine", "parse", "sketch", "latents")
+LATENT_FIELD = {"image": "latent", "mask": "mask_latent", "sketch": "sketch_latent"}
+
+
+@dataclass(frozen=True)
+class ShardConfig(StageConfig):
+    """Settings of the shard stage.
+
+    Args:
+        resolution: image side in the shards; empty takes the latents' resolution (else 256).
+        mask_source: `auto` (ground truth where ingest has one, else the parse mask), `gt` or `parse`.
+        require: fields a sample must have (mask, sketch, captions, latents); samples without one are
+            left out with status `missing_<field>`. Fields not listed are optional: absent and flagged.
+        vaes: VAE short names to include (empty: every VAE the latents stage ran).
+        jpeg_quality: quality of the `jpg` field (4:4:4 chroma, so colour edges stay sharp).
+        max_samples: a shard holds at most this many samples...
+        max_bytes: ...and at most this many bytes (a single larger sample gets a shard of its own).
+        order: `hash` (seeded shuffle, every shard mixes sources) or `key` (sorted keys).
+        order_seed: the salt of the hash order.
+        keep_staged: keep the per-sample fragments after assembly (disk: about the size of the shards),
+            so a later run with new images only prepares those.
+        io_threads: threads preparing samples (image decoding and encoding release the GIL).
+    """
+
+    resolution: int | None = None
+    mask_source: Literal["auto", "gt", "parse"] = "auto"
+    require: tuple[Literal["mask", "sketch", "captions", "latents"], ...] = ()
+    vaes: tuple[str, ...] = ()
+    jpeg_quality: int = 95
+    # Assembly settings never change a prepared sample: volatile, so changing them only re-plans shards.
+    max_samples: int = volatile(5000)
+    max_bytes: int = volatile(1_000_000_000)
+    order: Literal["hash", "key"] = volatile("hash")
+    order_seed: str = volatile("facecurate-v1")
+    keep_staged: bool = volatile(True)
+    io_threads: int = volatile(4)
+    batch_size: int = volatile(32)
+
+    def __post_init__(self) -> None:
+        if self.resolution is not None and (self.resolution < 16 or self.resolution % 8):
+            raise ValueError(f"resolution: {self.resolution} must be a multiple of 8 and at least 16")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality: {self.jpeg_quality} must be in 1..100")
+        if self.max_samples < 1 or self.max_bytes < 1 or self.io_threads < 1:
+            raise ValueError("max_samples, max_bytes and io_threads must be positive")
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a, "L").save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+class ShardStage(Stage):
+    """Prepares one staged fragment per sample; `finalize` assembles the shards (module docstring)."""
+
+    version: ClassVar[str] = "1"
+    schema: ClassVar[pa.Schema] = pa.schema([
+        ("split", pa.string()), ("source", pa.string()), ("license", pa.string()), ("staged", pa.string()),
+        ("bytes", pa.int64()), ("sha256", pa.string()), ("fields", pa.list_(pa.string())),
+        ("flags", pa.list_(pa.string())), ("class_pixels", pa.list_(pa.int64())), ("captions", pa.int32()),
+    ])
+
+    def __init__(self, cfg: ShardConfig, ctx: StageContext):
+        super().__init__(cfg, ctx)
+        self.pool = ThreadPoolExecutor(cfg.io_threads)  # decode, resize, JPEG/PNG encode release the GIL
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out = list(self.pool.map(self.prepare, rows_of(batch)))
+        return {n: [o.get(n) for o in out] for n in ["key", "status", "error", *self.schema.names]}
+
+    def prepare(self, r: dict[str, Any]) -> dict[str, Any]:
+        row = {"key": r["key"], "status": OK, "error": "", "split": r["split"], "source": r["source"],
+               "license": r["license"]}
+        up = json.loads(r["_up"])
+        try:
+            v = load_views(self.ctx.out, r, int(r["_resolution"]))
+        except ViewError as e:
+            return {**row, "status": e.code, "error": str(e)}
+        flags = [f"ingest:{f}" for f in r.get("flags") or []] + v.flags
+        flags += [f"sketch:{f}" for f in up["sketch_flags"]] + [f"captions:{f}" for f in up["caption_flags"]]
+        buf = io.BytesIO()
+        Image.fromarray(v.image, "RGB").save(buf, "JPEG", quality=self.cfg.jpeg_quality, subsampling=0)
+        fields: list[tuple[str, bytes]] = [("jpg", buf.getvalue())]
+        missing = []
+        if v.mask is not None:
+            fields.append(("mask.png", _png(v.mask)))
+        else:
+            missing.append("mask")
+        if v.sketch is not None:
+            fields.append(("sketch.png", _png(v.sketch)))
+        else:
+            missing.append("sketch")
+        captions = up["captions"]
+        if captions:
+            fields.append(("captions.json", dumps([str(c) for c in captions]).encode()))
+        else:
+            missing.append("captions")
+        vae_meta, latent_fields = self._latents(up["latents"], v, flags)
+        fields += latent_fields
+        if not vae_meta:
+            missing.append("latents")
+        required = [m for m in missing if m in self.cfg.require]
+        if required:
+            return {**row, "status": f"missing_{required[0]}",
+                    "error": f"no {', '.join(required)} for this sample, and require lists "
+                             f"{'it' if len(required) == 1 else 'them'}"}
+        flags += [f"no_{m}" for m in missing if up["expect"].get(m)]
+        pixels = class_pixel_counts(v.mask) if v.mask is not None else np.zeros(19, np.int64)
+        meta = {"key": r["key"], "vae": vae_meta, "resolution": int(r["_resolution"]),
+                "class_pixels": [int(x) for x in pixels], "flags": flags, "license": r["license"],
+                "source_url": r.get("source_url"), "split": r["split"], "source": r["source"],
+                "mask_source": v.mask_source}
+        fields.append(("json", dumps(meta).encode()))
+        data = sample_fragment(r["key"], fields)
+        rel = f"shards/.samples/{r['key']}.{r['_fp'][:12]}.tar"
+        atomic_write_bytes(self.ctx.out / rel, data)
+        return {**row, "staged": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "fields": [f for f, _ in fields], "flags": flags, "class_pixels": meta["class_pixels"],
+                "captions": len(captions or [])}
+
+    def _latents(self, rows: dict[str, dict], views: Any, flags: list[str]) -> tuple[dict, list]:
+        """Per VAE: metadata and the exact `.npy` members, after checking they match these views."""
+        meta, fields = {}, []
+        for vae, lr in sorted(rows.items()):
+            if self.cfg.vaes and vae not in self.cfg.vaes:
+                continue
+            if lr["inputs"] != views.digest:  # encoded from another image, mask or sketch, or resolution
+                flags.append(f"stale_latents:{vae}")
+                continue
+            try:
+                path = self.ctx.out / lr["file"]
+                if hashlib.sha256(path.read_bytes()).hexdigest() != lr["sha256"]:
+                    raise ValueError("sha256 differs from the latents ledger")
+                members = read_npz_members(path)
+            except Exception as e:  # noqa: BLE001 - a lost latents file costs the field, not the sample
+                flags.append(f"latents_unreadable:{vae}:{type(e).__name__}"[:80])
+                continue
+            fields += [(f"{vae}.{LATENT_FIELD[k]}.npy", members[k]) for k in LATENT_FIELD if k in members]
+            meta[vae] = {"id": lr["model"], "subfolder": lr["subfolder"], "revision": lr["revision"],
+                         "scaling_factor": lr["scaling_factor"],
+                         "shift_factor": lr["shift_factor"], "channels": lr["channels"]}
+        return meta, fields
+
+    @classmethod
+    def inputs(cls, cfg: ShardConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
+        table = default_inputs(ctx, requires)
+        up = upstream(ctx.out, UPSTREAM)
+        resolution = _resolution(cfg, up)
+        for name, values in view_columns(table, up, cfg.mask_source).items():
+            table = table.append_column(name, pa.array(values, pa.string()))
+        # A missing field is flagged only where its stage ran: no `no_sketch` on every sample of a run
+        # that never made sketches (the dataset card says which fields exist at all).
+        expect = {"mask": up.masks is not None or any(table["_mask"].to_pylist()),
+                  "sketch": up.sketches is not None, "captions": up.captions is not None,
+                  "latents": up.latents is not None}
+        ups, srcs = [], []
+        cols = {n: table[n].to_pylist() for n in ("key", "_src", "split", "license", "source_url", "_mask")}
+        for i, key in enumerate(cols["key"]):
+            caps, cap_flags = (up.captions or {}).get(key, (None, []))
+            sketch_flags = ((up.sketches or {}).get(key) or (None, []))[1]
+            ups.append(dumps({"captions": caps, "caption_flags": cap_flags, "sketch_flags": sketch_flags,
+                              "latents": (up.latents or {}).get(key, {}), "expect": expect}))
+            srcs.append("|".join(str(x) for x in (cols["_src"][i], up.src(key, UPSTREAM), resolution,
+                                                  cols["split"][i], cols["license"][i], cols["source_url"][i],
+                                                  cols["_mask"][i])))
+        table = table.append_column("_up", pa.array(ups, pa.string()))
+        table = table.append_column("_resolution", pa.array([resolution] * table.num_rows, pa.int32()))
+        return table.set_column(table.schema.get_field_index("_src"), "_src", pa.array(srcs, pa.string()))
+
+    @classmethod
+    def finalize(cls, cfg: ShardConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:
+        """Assemble the shards from the current ok rows, then index.json (last: the completion marker)."""
+        from pipeline.reports.card import write_card
+
+        assert inputs is not None, "the runner always passes the inputs"
+        current = dict(zip(inputs["key"].to_pylist(), inputs["_fp"].to_pylist(), strict=True))
+        rows = [r for r in ctx.ledger("shard").read().to_pylist() if current.get(r["key"]) == r["_fp"]]
+        ok = [r for r in rows if r["status"] == OK]
+        written = assemble(ctx.out, plan_shards(ok, cfg), lambda lost: _restage(cls(cfg, ctx), inputs, lost))
+        resolution = int(inputs["_resolution"][0].as_py()) if inputs.num_rows else cfg.resolution
+        index = build_index(written, rows, resolution, vae_info(ctx.out))
+        write_card(ctx.out, index, rows)
+        atomic_write_bytes(ctx.out / "shards" / "index.json", (json.dumps(index, indent=1) + "\n").encode())
+        if not cfg.keep_staged:
+            for r in ok:
+                (ctx.out / r["staged"]).unlink(missing_ok=True)
+
+
+def _restage(stage: ShardStage, inputs: pa.Table, keys: list[str]) -> None:
+    """Prepare again the fragments assembly needs but cannot find (`keep_staged: false`, or deleted)."""
+    table = inputs.filter(pc.is_in(inputs["key"], value_set=pa.array(sorted(keys), pa.string())))
+    for i in range(0, table.num_rows, stage.cfg.batch_size):
+        part = table.slice(i, stage.cfg.batch_size)
+        for status in stage({n: part[n].to_numpy(zero_copy_only=False) for n in part.column_names})["status"]:
+            if status != OK:  # only when an input was edited in place, behind the ledgers' backs
+                raise ConfigError(f"a deleted staged sample could not be made again ({status}): its inputs "
+                                  f"changed since; delete {stage.ctx.out / 'shards'}/part-*.parquet to "
+                                  "prepare every sample again")
+
+
+def _resolution(cfg: ShardConfig, up: Any) -> int:
+    found = Counter(r["resolution"] for vaes in (up.latents or {}).values() for r in vaes.values())
+    if cfg.resolution is None:
+        return found.most_common(1)[0][0] if found else 256
+    if found and cfg.resolution not in found:
+        raise ConfigError(f"stages.shard.resolution: {cfg.resolution}, but the latents were encoded at "
+                          f"{sorted(found)}; set both to the same value (or leave shard's empty)")
+    return cfg.resolution

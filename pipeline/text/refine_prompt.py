@@ -1,0 +1,110 @@
+"""What the refiner is asked and how its answer is read: the chat prompt, the JSON schema, output parsing.
+
+One image's cleaned captions (and, where the parse stage ran, what its mask shows) go into one chat
+request (`build_messages`); engines with guided decoding are held to `json_schema`. `parse_output` reads
+the answer: the schema's object, a bare list, code fences or a thinking block around it, and the complete
+caption objects of an answer cut off at `max_tokens`. Which of those captions survive is decided by
+`pipeline.text.judge`. `PROMPT_VERSION` is part of the refine stage's fingerprint: change it whenever the
+prompt text changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+PROMPT_VERSION = "refine-v1"
+
+
+SYSTEM = """You edit captions of face photographs for a text-to-image training set. You never see the photo: \
+you only know what the captions (and the segmentation evidence) say. Answer with JSON only."""
+
+
+INSTRUCTIONS = """Write {n} different captions of this photo as JSON: {{"captions": [{{"text": "...", "source": "..."}}]}}.
+Rules:
+- Use only facts stated in the captions above or in the mask evidence. Never add a hair colour or style, \
+eye colour, accessory, makeup, age, gender, facial hair or clothing colour that no caption states.
+- Where captions disagree, keep what most of them say; drop anything the mask evidence contradicts.
+- First rephrase each caption as one fluent sentence (keyword lists too), "source" = its id; then write \
+new captions that combine the stated facts differently, "source" = "new".
+- Each caption: one or two sentences, at most 50 words, no numbering, no quotes, all different.
+Answer with the JSON object only."""
+
+
+def evidence_line(evidence: dict[str, str]) -> str:
+    if not evidence:
+        return ""
+    parts = [f"{item}: {state}" for item, state in evidence.items()]
+    return "Segmentation mask evidence (reliable; trust it over the captions): " + "; ".join(parts) + "."
+
+
+def build_messages(captions: list[tuple[str, str]], evidence: dict[str, str], n: int,
+                   accepted: list[str] = (), rejected: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """Chat messages for one image; `accepted`/`rejected` turn it into a request for `n` more captions."""
+    lines = ["Captions written by a vision model for ONE photo (some may be wrong or contradict each other):"]
+    lines += [f"- [{pid}] {text}" for pid, text in captions]
+    ev = evidence_line(evidence)
+    if ev:
+        lines.append(ev)
+    if accepted:
+        lines.append("Already accepted (do not repeat): " + " | ".join(accepted))
+    for text, why in list(rejected)[-3:]:
+        lines.append(f"Rejected: {text!r} ({why}).")
+    lines.append(INSTRUCTIONS.format(n=n))
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def json_schema(n: int, sources: list[str]) -> dict[str, Any]:
+    """Exactly `n` captions, each with text and a source that is an input's prompt id or "new"."""
+    item = {"type": "object", "additionalProperties": False, "required": ["text", "source"],
+            "properties": {"text": {"type": "string", "minLength": 8, "maxLength": 400},
+                           "source": {"enum": [*sources, "new"]}}}
+    return {"type": "object", "additionalProperties": False, "required": ["captions"],
+            "properties": {"captions": {"type": "array", "items": item, "minItems": n, "maxItems": n}}}
+
+
+class ParseError(ValueError):
+    """A model answer with no usable captions; `reason` is a short code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+_OBJECT = re.compile(r'\{\s*"text"\s*:\s*"((?:[^"\\]|\\.)*)"\s*(?:,\s*"source"\s*:\s*"((?:[^"\\]|\\.)*)"\s*)?\}')
+
+
+def parse_output(text: str) -> tuple[list[tuple[str, str]], bool]:
+    """(captions as (text, source), salvaged) from a model answer; raises ParseError when there are none.
+
+    Accepts the schema's object, a bare list of objects or strings, code fences and a thinking block
+    around it. An answer cut off by `max_tokens` keeps the caption objects that were complete
+    (`salvaged` is then true).
+    """
+    body = re.sub(r"<think>.*?(?:</think>|$)", "", text or "", flags=re.S)
+    body = re.sub(r"```(?:json)?", "", body).strip()
+    if not body:
+        raise ParseError("empty_output")
+    start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        raise ParseError("no_json", body[:60])
+    try:
+        data, _ = json.JSONDecoder().raw_decode(body[start:])
+    except json.JSONDecodeError:
+        found = [(json.loads(f'"{t}"'), json.loads(f'"{s}"') if s else "new") for t, s in _OBJECT.findall(body)]
+        if found:
+            return found, True
+        raise ParseError("bad_json", body[start:start + 60]) from None
+    items = data.get("captions") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ParseError("bad_shape", f"expected a list of captions, got {type(items).__name__}")
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            out.append((it, "new"))
+        elif isinstance(it, dict) and isinstance(it.get("text"), str):
+            out.append((it["text"], str(it.get("source") or "new")))
+    if not out:
+        raise ParseError("bad_shape", "no caption with a text")
+    return out, False
