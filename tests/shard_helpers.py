@@ -1,4 +1,5 @@
-"""Runs for the latents/shard/export tests: ingest on demo data plus upstream outputs we write ourselves.
+"""Runs for the latents/shard/export tests: ingest on demo data plus upstream outputs we write ourselves,
+and the readers those tests check with (every shard sample; a reference view written apart from the code).
 
 Upstream stages are coded against their contracts (DESIGN.md): `masks/<key>.png` and `sketches/<key>.png`
 files in each image's frame, and ledger parts for `parse`, `sketches` and `captions/final` with the
@@ -7,6 +8,7 @@ contract columns. Some keys deliberately lack an output, so every test sees the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from pipeline.core.run import run_manifest
 from pipeline.core.stage import StageContext
 from pipeline.data.images import load_rgb
 from pipeline.data.labels import class_pixel_counts
+from pipeline.data.wds import decode_key, iter_tar
 
 NO_SKETCH = "photos/grace_hopper"          # sketch stage has no row for it
 NO_CAPTIONS = "ffhq/00000"                 # captions/final has no row for it
@@ -127,3 +130,25 @@ def copy_run(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest, symlinks=True)
     (dest / ".lock").unlink(missing_ok=True)
     return dest
+
+
+def all_samples(out: Path) -> dict[str, tuple[str, dict[str, bytes]]]:
+    """key -> (shard name, fields), failing on a key seen twice."""
+    index = json.loads((out / "shards" / "index.json").read_text())
+    found: dict[str, tuple[str, dict[str, bytes]]] = {}
+    for e in index["shards"]:
+        for name, fields in iter_tar(out / "shards" / e["name"]):
+            key = decode_key(name)
+            assert key not in found, f"{key} twice"
+            found[key] = (e["name"], fields)
+    return found
+
+
+def reference_view(path: Path, size: int, resample: Image.Resampling, mode: str = "RGB") -> np.ndarray:
+    """Centre square crop + resize, written independently of pipeline.data.views (photos decode with the
+    foundation's `load_rgb`: EXIF, 16-bit, alpha and CMYK handling are ingest's business)."""
+    img = load_rgb(path) if mode == "RGB" else Image.open(path).convert(mode)
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return np.asarray(img.resize((size, size), resample))

@@ -2,7 +2,7 @@
 
 Every caption we ship must fit the CLIP text encoder (77 tokens including the start and end tokens),
 so counts are exact, never estimated: `count_tokens` reproduces open_clip's `SimpleTokenizer` id for
-id (tests/test_tokens.py checks it against open_clip and `transformers.CLIPTokenizer`). The vocabulary
+id (tests/text/test_tokens.py checks it against open_clip and `transformers.CLIPTokenizer`). The vocabulary
 is open_clip's bundled `bpe_simple_vocab_16e6.txt.gz` (no network).
 
 How it is fast. open_clip cleans the text (ftfy, HTML unescape, whitespace collapse, lower case),

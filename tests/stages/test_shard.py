@@ -30,16 +30,17 @@ from tests.shard_helpers import (
     NO_CAPTIONS,
     NO_SKETCH,
     RESOLUTION,
+    all_samples,
     captions_for,
     copy_run,
     ingest,
+    reference_view,
     run,
     stage_settings,
     write_upstream,
 )
-from tests.test_latents import reference_view
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUIET = Console(quiet=True)
 
 
@@ -57,18 +58,6 @@ def sharded(encoded, tiny_model, tmp_path_factory) -> Path:
     out = copy_run(encoded, tmp_path_factory.mktemp("shard") / "sharded")
     run(out, {"shard": stage_settings(tiny_model)["shard"]})
     return out
-
-
-def all_samples(out: Path) -> dict[str, tuple[str, dict[str, bytes]]]:
-    """key -> (shard name, fields), failing on a key seen twice."""
-    index = json.loads((out / "shards" / "index.json").read_text())
-    found: dict[str, tuple[str, dict[str, bytes]]] = {}
-    for e in index["shards"]:
-        for name, fields in iter_tar(out / "shards" / e["name"]):
-            key = decode_key(name)
-            assert key not in found, f"{key} twice"
-            found[key] = (e["name"], fields)
-    return found
 
 
 def png(data: bytes) -> np.ndarray:

@@ -22,7 +22,7 @@ from pipeline.stages.caption import CaptionConfig
 from pipeline.text.prompts import DEFAULT_PROMPTS, load_prompt_set
 from tests.captions_data import ingested
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ["astronaut.png", "grace_hopper.jpg", "variants/hopper_cmyk.jpg"]
 
 

@@ -12,7 +12,7 @@ import yaml
 from pipeline.text import tokens
 from pipeline.text.clean_rules import clean_text
 
-FIXTURE = Path(__file__).parent / "fixtures" / "vlm_outputs.yaml"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vlm_outputs.yaml"
 TRICKY = [
     "A woman’s face — café, naïve résumé, jalapeño", "ﬁne ＦＵＬＬ width ｃａｐｓ", "&amp; AT&T &lt;b&gt; &#39;x&#39;",
     "Σίσυφος ΟΔΥΣΣΕΥΣ (final sigma)", "İstanbul ǅ ß ﬀ", "日本語のキャプション、笑顔の女性", "emoji 👩🏽‍🦰 with ZWJ 👨‍👩‍👧 🇯🇵",

@@ -20,7 +20,7 @@ from pipeline.core.runner import run_stage
 from pipeline.core.stage import StageContext
 from tests.stages_for_tests import register
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ from pipeline.core.config import ConfigError
 from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import build_manifest
 from pipeline.core.stage import StageContext
-from pipeline.data.images import load_rgb
 from pipeline.data.labels import colorize
 from tests.shard_helpers import (
     FAILED_PARSE,
@@ -26,6 +25,7 @@ from tests.shard_helpers import (
     RESOLUTION,
     copy_run,
     ingest,
+    reference_view,
     run,
     stage_settings,
     write_upstream,
@@ -49,16 +49,6 @@ def encoded(upstream_run, tiny_model, tmp_path_factory) -> Path:
 
 def rows(out: Path) -> dict[tuple[str, str], dict]:
     return {(r["key"], r["vae"]): r for r in Ledger(out, "latents").read().to_pylist()}
-
-
-def reference_view(path: Path, size: int, resample: Image.Resampling, mode: str = "RGB") -> np.ndarray:
-    """Centre square crop + resize, written independently of pipeline.data.views (photos decode with the
-    foundation's `load_rgb`: EXIF, 16-bit, alpha and CMYK handling are ingest's business)."""
-    img = load_rgb(path) if mode == "RGB" else Image.open(path).convert(mode)
-    w, h = img.size
-    s = min(w, h)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return np.asarray(img.resize((size, size), resample))
 
 
 def encode_mean(folder: Path, x: np.ndarray) -> np.ndarray:

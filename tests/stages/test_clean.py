@@ -18,7 +18,7 @@ from pipeline.text.clean_rules import RULE_NAMES, clean_text
 from pipeline.text.tokens import count_tokens
 from tests.captions_data import ingested, keys, write_raw
 
-CASES = yaml.safe_load((Path(__file__).parent / "fixtures" / "vlm_outputs.yaml").read_text())["cases"]
+CASES = yaml.safe_load((Path(__file__).resolve().parents[1] / "fixtures" / "vlm_outputs.yaml").read_text())["cases"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])

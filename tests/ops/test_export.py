@@ -19,11 +19,11 @@ from tests.shard_helpers import (
     NO_CAPTIONS,
     NO_SKETCH,
     RESOLUTION,
+    all_samples,
     captions_for,
     ingest,
     write_upstream,
 )
-from tests.test_shard import all_samples
 
 
 def invoke(*args: str):
