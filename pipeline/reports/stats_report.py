@@ -23,7 +23,7 @@ from PIL import Image
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import StageContext
 from pipeline.data.images import load_rgb
-from pipeline.data.labels import NAMES, colorize
+from pipeline.data.labels import NAMES, PALETTE, colorize
 
 GROUP_COLOURS = {"HFA": "#1f77b4", "NFA": "#7f7f7f", "RFA": "#d62728"}
 
@@ -133,8 +133,6 @@ img.plot{max-width:100%}"""
 
 
 def render_html(doc: dict[str, Any], figures: dict[str, bytes], samples: list[dict[str, str]], title: str) -> str:
-    from pipeline.data.labels import PALETTE
-
     e = html.escape
     views = list(doc["images"])
     head = "".join(f"<th>share {e(v)}</th><th>occ. {e(v)}</th>" for v in views)
