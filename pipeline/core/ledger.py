@@ -95,7 +95,10 @@ class Ledger:
         wanted = None if columns is None else list(dict.fromkeys(["key", *columns]))  # resolution needs key
         tables = []
         for seq, path in parts:
-            t = pq.read_table(path, columns=wanted)
+            with pq.ParquetFile(path) as f:
+                # a part written before a column was added lacks it: it comes back null, not as an error
+                cols = None if wanted is None else [c for c in wanted if c in f.schema_arrow.names]
+                t = f.read(columns=cols)
             tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, seq, np.int32))))
         table = pa.concat_tables(tables, promote_options="permissive")
         if len(parts) > 1 and table.num_rows:
