@@ -51,10 +51,13 @@ def write_raw(out: Path, rows: list[dict]) -> None:
     Ledger(out, "captions/raw").write(pa.Table.from_pylist(full, schema=RAW_SCHEMA))
 
 
-def write_parse(out: Path, pixels: dict[str, list[int]]) -> None:
-    """One `parse` part: a primary segformer row per key with these 19 class pixel counts."""
+def write_parse(out: Path, pixels: dict[str, list[int]], second: dict[str, list[int]] | None = None) -> None:
+    """One `parse` part: a primary segformer row per key with these 19 class pixel counts, and a FaRL
+    row per key of `second` (two parsers that agree make the refine stage's mask evidence confident)."""
     rows = [{"key": k, "status": "ok", "error": "", "_fp": "test", "parser": "segformer", "primary": True,
              "class_pixels": p, "agreement": None, "mask": f"masks/{k}.png"} for k, p in pixels.items()]
+    rows += [{"key": k, "status": "ok", "error": "", "_fp": "test", "parser": "farl", "primary": False,
+              "class_pixels": p, "agreement": 0.9, "mask": None} for k, p in (second or {}).items()]
     Ledger(out, "parse").write(pa.Table.from_pylist(rows, schema=PARSE_SCHEMA))
 
 

@@ -1,18 +1,23 @@
 """Refine: an LLM (Qwen3, thinking off) turns an image's cleaned captions into ten unique, consistent ones.
 
-Per image the refiner gets every cleaned caption of that image and, where the parse stage has run,
-what its mask shows (eyeglasses, hat, earrings, necklace: present, absent or unknown, from pixel
-shares against written thresholds). It answers JSON (guided by a JSON schema on engines that support
-it, vLLM; described in the prompt for all). Every caption it returns is checked (`pipeline.text.judge`):
-invented facts, mask contradictions and duplicates are rejected and counted, and the image is asked
-again for the captions still missing, up to `max_retries` times. What is still missing then is filled
-from the cleaned captions (flag `filled_from_cleaned`); an image whose answers never parse falls back
-to its cleaned captions entirely (`fallback:unparseable`). Fewer than ten unique captions is said
-(`too_few_captions`), never papered over. Without a parse ledger the stage still runs and flags
-`no_mask_evidence`.
+Per image the refiner gets every cleaned caption of that image, where the captions disagree the
+majority (each caption votes once per fact: "man" 3, "woman" 1), and mask evidence for eyeglasses, hat,
+earrings and necklace with its grade (`mask_evidence`): the source's ground-truth mask where ingest has
+one, else the parsers' pixel shares, trusted only where two parsers agree. It answers JSON (guided by a
+JSON schema on engines that support it, vLLM; described in the prompt for all). Every caption it
+returns is judged (`pipeline.text.judge`): invented facts, captions against the majority or against
+each other (`inconsistent`), mask contradictions and duplicates are rejected and counted, and the image
+is asked again for the captions still missing, up to `max_retries` times. What is still missing is then
+filled from the cleaned captions that agree with the majority (flag `filled_from_cleaned`; minority
+captions left out are counted, `dropped_contradicting=N`); an image whose answers never parse falls back
+to its cleaned captions (`fallback:unparseable`). Fewer than ten unique captions is said
+(`too_few_captions`), never papered over; any contradiction left among the final captions is flagged
+(`contradiction:<slot>@i,j`). Without mask evidence the stage still runs and flags `no_mask_evidence`
+(`weak_mask_evidence` when only one parser ran or they disagree).
 
 One row per key in `captions/final`: captions, provenance (`refined:<prompt_id>`, `generated`,
-`cleaned:<prompt_id>`), CLIP token counts and flags. The ledger is the cache: a key's `_src` is the
+`cleaned:<prompt_id>`), CLIP token counts, flags and `audit` (JSON: evidence, votes, disputes, and
+every rejected caption with its reason, for the report). The ledger is the cache: a key's `_src` is the
 hash of its cleaned captions and mask evidence, and the stage fingerprint holds the model, its
 revision, the decoding settings and the prompt version, so a row's `_fp` is the cache key (inputs
 hash, model, prompt version). An unchanged key is never sent again, and a key whose inputs equal
@@ -30,12 +35,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, volatile
 from pipeline.core.ledger import OK, Ledger
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
+from pipeline.text.evidence import ABSENT_SHARE, PRESENT_SHARE, grade_evidence
 from pipeline.text.judge import MASK_ITEMS, KeyState
 from pipeline.text.refine_prompt import (
     INSTRUCTIONS,
@@ -46,14 +51,6 @@ from pipeline.text.refine_prompt import (
     parse_output,
 )
 from pipeline.text.tokens import CONTEXT_LENGTH
-
-# Pixel share of the image above which a mask item counts as present, per item, and below which it
-# counts as absent (between the two: unknown, no evidence either way). At 512x512 (262,144 px) a
-# visible stud earring covers roughly 50-300 px (0.02-0.1%), a necklace chain 0.1-1%, eyeglass frames
-# 1-3% and a hat 5-20%; parser noise on a face without the item is a scatter of a few pixels. The
-# present thresholds sit well under the smallest real item of each kind and far above that noise.
-PRESENT_SHARE = {"eyeglasses": 0.002, "hat": 0.005, "earrings": 0.0002, "necklace": 0.0005}
-ABSENT_SHARE = 0.00002  # about 5 px at 512x512
 
 
 @dataclass(frozen=True)
@@ -115,21 +112,9 @@ class RefineConfig(StageConfig):
         return {**PRESENT_SHARE, **self.mask_present_share}
 
 
-def mask_evidence(out: Any, cfg: RefineConfig) -> dict[str, dict[str, str]] | None:
-    """key -> {item: present/absent/unknown} from the primary parser's class pixels; None without a parse ledger."""
-    ledger = Ledger(out, "parse")
-    if not ledger.parts():
-        return None
-    t = ledger.read(["key", "status", "primary", "class_pixels"])
-    t = t.filter(pc.and_(pc.equal(t["status"], OK), pc.fill_null(t["primary"], False)))
-    present = cfg.present_shares()
-    evidence = {}
-    for key, pixels in zip(t["key"].to_pylist(), t["class_pixels"].to_pylist(), strict=True):
-        total = sum(pixels or []) or 1
-        evidence[key] = {item: ("present" if pixels[cid] / total >= present[item] else
-                                "absent" if pixels[cid] / total <= cfg.mask_absent_share else "unknown")
-                         for item, (cid, _) in MASK_ITEMS.items()}
-    return evidence
+def mask_evidence(out: Any, cfg: RefineConfig, gt_masks: dict[str, str] | None = None) -> dict[str, dict] | None:
+    """key -> {item: {"state", "grade", "share"}} with this stage's thresholds (`pipeline.text.evidence`)."""
+    return grade_evidence(out, cfg.present_shares(), cfg.mask_absent_share, gt_masks)
 
 
 class RefineStage(Stage):
@@ -137,9 +122,9 @@ class RefineStage(Stage):
 
     schema: ClassVar[pa.Schema] = pa.schema([
         ("captions", pa.list_(pa.string())), ("provenance", pa.list_(pa.string())),
-        ("clip_tokens", pa.list_(pa.int32())), ("flags", pa.list_(pa.string())),
+        ("clip_tokens", pa.list_(pa.int32())), ("flags", pa.list_(pa.string())), ("audit", pa.string()),
     ])
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def __init__(self, cfg: RefineConfig, ctx: StageContext):
         super().__init__(cfg, ctx)
@@ -179,7 +164,9 @@ class RefineStage(Stage):
         for k, s, pid, text in zip(*(t[c].to_pylist() for c in ("key", "status", "prompt_id", "text")), strict=True):
             if s == OK and k in ok:
                 grouped.setdefault(k, []).append([pid, text])
-        evidence = mask_evidence(ctx.out, cfg)
+        index = ctx.index(["key", "gt_mask"])
+        gt = {k: g for k, g in zip(index["key"].to_pylist(), index["gt_mask"].to_pylist(), strict=True) if g}
+        evidence = mask_evidence(ctx.out, cfg, gt)
         keys = sorted(grouped)
         blobs = [json.dumps({"captions": grouped[k], "evidence": (evidence or {}).get(k, {})}, sort_keys=True)
                  for k in keys]
@@ -193,7 +180,8 @@ class RefineStage(Stage):
         for key, blob, fp in zip(batch["key"], batch["inputs"], batch["_fp"], strict=True):
             hit = self.cache.get(str(fp))
             if hit is not None:
-                self._emit(out, str(key), OK, "", (hit["captions"], hit["provenance"], hit["clip_tokens"], hit["flags"]))
+                self._emit(out, str(key), OK, "", (hit["captions"], hit["provenance"], hit["clip_tokens"], hit["flags"]),
+                           hit["audit"])
                 continue
             data = json.loads(str(blob))
             states.append(KeyState(str(key), [tuple(c) for c in data["captions"]], data["evidence"],
@@ -210,7 +198,8 @@ class RefineStage(Stage):
                 self._take(s, res)
         for s in states:
             status = "engine_error" if s.engine_error and not s.parsed else OK
-            self._emit(out, s.key, status, s.engine_error if status != OK else "", s.result())
+            self._emit(out, s.key, status, s.engine_error if status != OK else "", s.result(),
+                       json.dumps(s.audit(), sort_keys=True))
         return out
 
     def _request(self, s: KeyState, attempt: int) -> Request:
@@ -236,10 +225,11 @@ class RefineStage(Stage):
             s.offer(text, source)
 
     @staticmethod
-    def _emit(out: dict[str, list], key: str, status: str, error: str, result: tuple) -> None:
+    def _emit(out: dict[str, list], key: str, status: str, error: str, result: tuple, audit: str) -> None:
         captions, provenance, tokens, flags = result
         for name, v in (("key", key), ("status", status), ("error", error[:500]), ("captions", list(captions)),
-                        ("provenance", list(provenance)), ("clip_tokens", list(tokens)), ("flags", list(flags))):
+                        ("provenance", list(provenance)), ("clip_tokens", list(tokens)), ("flags", list(flags)),
+                        ("audit", audit)):
             out[name].append(v)
 
     @classmethod

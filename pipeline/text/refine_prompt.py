@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-PROMPT_VERSION = "refine-v1"
+PROMPT_VERSION = "refine-v2"
 
 
 SYSTEM = """You edit captions of face photographs for a text-to-image training set. You never see the photo: \
@@ -23,8 +23,10 @@ you only know what the captions (and the segmentation evidence) say. Answer with
 
 INSTRUCTIONS = """Write {n} different captions of this photo as JSON: {{"captions": [{{"text": "...", "source": "..."}}]}}.
 Rules:
-- Use only facts stated in the captions above or in the mask evidence. Never add a hair colour or style, \
-eye colour, accessory, makeup, age, gender, facial hair or clothing colour that no caption states.
+- Use only facts stated in the captions above or in the confident mask evidence. Never add a hair colour, \
+length or style, eye colour, skin tone, ethnicity, age, gender, facial hair, makeup, freckles, scars, \
+tattoos, piercings, accessory, clothing item or colour, expression, pose or photo style that no caption states, \
+and never make a fact more specific ("earrings" must not become "gold hoop earrings").
 - Where captions disagree, keep what most of them say; drop anything the mask evidence contradicts.
 - First rephrase each caption as one fluent sentence (keyword lists too), "source" = its id; then write \
 new captions that combine the stated facts differently, "source" = "new".
@@ -32,21 +34,57 @@ new captions that combine the stated facts differently, "source" = "new".
 Answer with the JSON object only."""
 
 
-def evidence_line(evidence: dict[str, str]) -> str:
+def evidence_line(evidence: dict[str, Any]) -> str:
+    """The mask evidence the refiner may rely on: confident items only, each with where it comes from."""
     if not evidence:
         return ""
-    parts = [f"{item}: {state}" for item, state in evidence.items()]
-    return "Segmentation mask evidence (reliable; trust it over the captions): " + "; ".join(parts) + "."
+    sure, weak = [], []
+    for item, e in evidence.items():
+        state, grade = (e, "given") if isinstance(e, str) else (e["state"], e.get("grade", "given"))
+        if state != "unknown" and grade in ("ground_truth", "parsers_agree", "given"):
+            sure.append(f"{item}: {state}" + ("" if grade == "given" else f" ({GRADE_WORDS[grade]})"))
+        else:
+            weak.append(item)
+    line = ("Segmentation mask evidence (confident; where it disagrees with the captions, follow it): "
+            + "; ".join(sure) + ".") if sure else ""
+    if weak:
+        line += (" " if line else "") + "Unknown from the mask (follow the captions): " + ", ".join(weak) + "."
+    return line
 
 
-def build_messages(captions: list[tuple[str, str]], evidence: dict[str, str], n: int,
-                   accepted: list[str] = (), rejected: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
+GRADE_WORDS = {"ground_truth": "ground-truth mask", "parsers_agree": "two parsers agree",
+               "single_parser": "one parser", "parsers_disagree": "parsers disagree"}
+
+
+def majority_line(disputes: list[dict[str, Any]]) -> str:
+    """Where the captions disagree: which side to keep, and which facts are too split to mention."""
+    keep, drop = [], []
+    for d in disputes:
+        slot, _, value = d["fact"].partition(":")
+        what = f"{slot.replace('_', ' ')} {value.replace('_', ' ')}"
+        if d["majority"] == "for":
+            keep.append(f"{what} ({d['for']} for, {d['against']} against)")
+        elif d["majority"] == "against":
+            drop.append(f"{what} ({d['for']} for, {d['against']} against)")
+        else:
+            drop.append(f"{what} (tied {d['for']}-{d['against']}: do not mention it either way)")
+    parts = []
+    if keep:
+        parts.append("The captions disagree; keep the majority: " + "; ".join(keep) + ".")
+    if drop:
+        parts.append("Do not state: " + "; ".join(drop) + ".")
+    return " ".join(parts)
+
+
+def build_messages(captions: list[tuple[str, str]], evidence: dict[str, Any], n: int,
+                   accepted: list[str] = (), rejected: list[tuple[str, str]] = (),
+                   disputes: list[dict[str, Any]] = ()) -> list[dict[str, str]]:
     """Chat messages for one image; `accepted`/`rejected` turn it into a request for `n` more captions."""
     lines = ["Captions written by a vision model for ONE photo (some may be wrong or contradict each other):"]
     lines += [f"- [{pid}] {text}" for pid, text in captions]
-    ev = evidence_line(evidence)
-    if ev:
-        lines.append(ev)
+    for line in (evidence_line(evidence), majority_line(list(disputes))):
+        if line:
+            lines.append(line)
     if accepted:
         lines.append("Already accepted (do not repeat): " + " | ".join(accepted))
     for text, why in list(rejected)[-3:]:
