@@ -8,7 +8,6 @@ plots, a grid of image / mask / sketch triplets and the keys where the parsers d
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import io
@@ -24,6 +23,8 @@ from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import StageContext
 from pipeline.data.images import load_rgb
 from pipeline.data.labels import NAMES, PALETTE, colorize
+from pipeline.reports.html_kit import CSS as BASE_CSS
+from pipeline.reports.html_kit import data_uri, thumb
 
 GROUP_COLOURS = {"HFA": "#1f77b4", "NFA": "#7f7f7f", "RFA": "#d62728"}
 
@@ -83,18 +84,6 @@ def plots(doc: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
-def _data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def _thumb(img: Image.Image, size: int, resample: Image.Resampling, fmt: str = "PNG") -> str:
-    img = img.copy()
-    img.thumbnail((size, size), resample)
-    buf = io.BytesIO()
-    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-    return _data_uri(buf.getvalue(), f"image/{fmt.lower()}")
-
-
 def sample_triplets(ctx: StageContext, n: int, size: int = 176) -> list[dict[str, str]]:
     """Up to `n` keys of the stats ledger (picked by key hash, so the choice is stable) as thumbnails."""
     t = ctx.ledger("stats").read(["key", "status", "agreement"])
@@ -109,27 +98,24 @@ def sample_triplets(ctx: StageContext, n: int, size: int = 176) -> list[dict[str
         item = {"key": key, "agreement": agreement[key]}
         try:
             path = Path(index[key])
-            item["image"] = _thumb(load_rgb(path if path.is_absolute() else ctx.out / path), size,
+            item["image"] = thumb(load_rgb(path if path.is_absolute() else ctx.out / path), size,
                                    Image.Resampling.BICUBIC, "JPEG")
             with Image.open(ctx.out / "masks" / f"{key}.png") as m:
-                item["mask"] = _thumb(Image.fromarray(colorize(np.asarray(m))), size, Image.Resampling.NEAREST)
+                item["mask"] = thumb(Image.fromarray(colorize(np.asarray(m))), size, Image.Resampling.NEAREST)
             if key in sketches and (ctx.out / sketches[key]).exists():
                 with Image.open(ctx.out / sketches[key]) as s:
-                    item["sketch"] = _thumb(s.convert("L"), size, Image.Resampling.BILINEAR)
+                    item["sketch"] = thumb(s.convert("L"), size, Image.Resampling.BILINEAR)
         except Exception as e:  # noqa: BLE001 - a missing file shows as a note in the grid, not a failed report
             item["error"] = f"{type(e).__name__}: {e}"
         out.append(item)
     return out
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{margin-bottom:4px}table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}
+CSS = BASE_CSS + """
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
 .cell{border:1px solid #ddd;padding:6px}.cell img{width:176px;height:176px;object-fit:contain;background:#eee}
-.key{font-family:monospace;font-size:12px}.HFA{color:#1f77b4}.RFA{color:#d62728}.NFA{color:#555}
-.sw{display:inline-block;width:12px;height:12px;border:1px solid #999;vertical-align:middle}
-img.plot{max-width:100%}"""
+.HFA{color:#1f77b4}.RFA{color:#d62728}.NFA{color:#555}
+.sw{display:inline-block;width:12px;height:12px;border:1px solid #999;vertical-align:middle}"""
 
 
 def render_html(doc: dict[str, Any], figures: dict[str, bytes], samples: list[dict[str, str]], title: str) -> str:
@@ -155,7 +141,7 @@ def render_html(doc: dict[str, Any], figures: dict[str, bytes], samples: list[di
     sk = doc["sketch"]
     sketch_line = (f"{sk['images']:,} sketches, {sk['no_face']:,} without a detected face (whole image drawn), "
                    f"mean ink {sk['ink_mean']:.1%}" if sk["images"] else "no sketches yet (run the sketch stage)")
-    figs = "".join(f"<h3>{e(name.replace('_', ' '))}</h3><img class=plot alt='{e(name)}' src='{_data_uri(png, 'image/png')}'>"
+    figs = "".join(f"<h3>{e(name.replace('_', ' '))}</h3><img class=plot alt='{e(name)}' src='{data_uri(png, 'image/png')}'>"
                    for name, png in figures.items())
     counts = ", ".join(f"{e(k)}: {v:,}" for k, v in doc["images"].items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style></head>

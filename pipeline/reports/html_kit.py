@@ -1,0 +1,27 @@
+"""What every HTML report shares: data URIs, thumbnails and the base style, so each page is one offline file."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{margin-bottom:4px}table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}th{background:#f4f4f4}
+td.l,th.l{text-align:left}caption{text-align:left;font-weight:600;padding:4px 0}
+.key{font-family:monospace;font-size:12px}img.plot{max-width:100%}"""
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def thumb(img: Image.Image, size: int, resample: Image.Resampling, fmt: str = "PNG") -> str:
+    """A data URI of `img` shrunk to fit `size` x `size`."""
+    img = img.copy()
+    img.thumbnail((size, size), resample)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return data_uri(buf.getvalue(), f"image/{fmt.lower()}")
