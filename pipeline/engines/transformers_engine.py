@@ -20,6 +20,7 @@ from pipeline.engines.base import (
     Request,
     Result,
     SamplingParams,
+    drop_incomplete_tail,
     error_result,
     is_out_of_memory,
     isolate,
@@ -202,9 +203,9 @@ class TransformersEngine:
                 if t in self.eos_ids:
                     n, stopped = j + 1, True
                     break
-            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            results.append(Result(text=text, prompt_tokens=int(n_prompt), output_tokens=n,
-                                  finish_reason="stop" if stopped or n < sp.max_tokens else "length"))
+            finish = "stop" if stopped or n < sp.max_tokens else "length"
+            text = drop_incomplete_tail(self.tokenizer.decode(row[:n], skip_special_tokens=True), finish)
+            results.append(Result(text=text, prompt_tokens=int(n_prompt), output_tokens=n, finish_reason=finish))
         self.stats["calls"] += 1
         self.stats["requests"] += len(requests)
         self.stats["output_tokens"] += sum(r.output_tokens for r in results)

@@ -31,6 +31,7 @@ from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext
 from pipeline.data.images import load_rgb
 from pipeline.engines import Request, Result, SamplingParams, make_engine
+from pipeline.engines import stats as engine_stats
 from pipeline.text.prompts import Prompt, load_prompt_set, prompt_set_json
 
 PROMPT_SET_FILE = "captions/prompt_set.json"
@@ -146,6 +147,12 @@ class CaptionStage(Stage):
     def finalize(cls, cfg: CaptionConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:
         # The prompts beside the captions: cleaning strips echoed instructions, readers see what was asked.
         atomic_write_bytes(ctx.out / PROMPT_SET_FILE, prompt_set_json(load_prompt_set(cfg.prompts)))
+        merged = engine_stats.merge(ctx.out / "captions")
+        if merged:  # vLLM's own counters: does the shared image prefix pay?
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]{engine_stats.headline(merged)}; see captions/engine_stats.json[/dim]",
+                                       highlight=False)
 
     def _image_path(self, path: str) -> Path:
         p = Path(path)
@@ -188,6 +195,7 @@ class CaptionStage(Stage):
                 self._fill(out, row, results[i])
                 if out["status"][row] == OK:
                     self.cache[out["cache_key"][row]] = {c: out[c][row] for c in self.CACHED}
+            engine_stats.record(self.engine, self.ctx.out / "captions")
         return out
 
     def _row(self, out: dict[str, list], key: str, p: Prompt, ck: str, hit: dict[str, Any] | None) -> None:

@@ -40,6 +40,7 @@ from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_re
 from pipeline.core.ledger import OK, Ledger
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
+from pipeline.engines import stats as engine_stats
 from pipeline.text.evidence import ABSENT_SHARE, PRESENT_SHARE, grade_evidence
 from pipeline.text.judge import MASK_ITEMS, KeyState
 from pipeline.text.refine_prompt import (
@@ -196,6 +197,7 @@ class RefineStage(Stage):
                 results = [Result("", finish_reason="error", error=f"{type(e).__name__}: {e}")] * len(todo)
             for s, res in zip(todo, results, strict=True):
                 self._take(s, res)
+            engine_stats.record(self.engine, self.ctx.out / "captions" / "refine")
         for s in states:
             status = "engine_error" if s.engine_error and not s.parsed else OK
             self._emit(out, s.key, status, s.engine_error if status != OK else "", s.result(),
@@ -220,6 +222,9 @@ class RefineStage(Stage):
         except ParseError:
             s.reject("unparseable")
             return
+        except Exception as e:  # noqa: BLE001 - whatever a model wrote, it is this image's rejection
+            s.reject("unparseable", res.text[:120], f"{type(e).__name__}: {e}")
+            return
         s.parsed = True
         for text, source in items:
             s.offer(text, source)
@@ -238,3 +243,8 @@ class RefineStage(Stage):
 
         keys = set(inputs["key"].to_pylist()) if inputs is not None else None
         print_headline(write_report(ctx.out, keys, cfg.num_captions))
+        merged = engine_stats.merge(ctx.out / "captions" / "refine")
+        if merged:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]refine {engine_stats.headline(merged)}[/dim]", highlight=False)

@@ -110,6 +110,7 @@ class ParseError(ValueError):
         self.reason = reason
 
 
+_DECODER = json.JSONDecoder(strict=False)
 _OBJECT = re.compile(r'\{\s*"text"\s*:\s*"((?:[^"\\]|\\.)*)"\s*(?:,\s*"source"\s*:\s*"((?:[^"\\]|\\.)*)"\s*)?\}')
 
 
@@ -128,9 +129,15 @@ def parse_output(text: str) -> tuple[list[tuple[str, str]], bool]:
     if start < 0:
         raise ParseError("no_json", body[:60])
     try:
-        data, _ = json.JSONDecoder().raw_decode(body[start:])
+        # strict=False: raw control characters inside strings (guided decoders let a model write them)
+        data, _ = _DECODER.raw_decode(body[start:])
     except json.JSONDecodeError:
-        found = [(json.loads(f'"{t}"'), json.loads(f'"{s}"') if s else "new") for t, s in _OBJECT.findall(body)]
+        found = []
+        for t, src in _OBJECT.findall(body):
+            try:
+                found.append((_DECODER.decode(f'"{t}"'), _DECODER.decode(f'"{src}"') if src else "new"))
+            except json.JSONDecodeError:  # a bad escape in one salvaged caption: skip that one
+                continue
         if found:
             return found, True
         raise ParseError("bad_json", body[start:start + 60]) from None

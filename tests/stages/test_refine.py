@@ -60,6 +60,13 @@ def test_parse_accepts_the_schema_fences_thinking_and_bare_lists():
         ([("A woman.", "new"), ("A man.", "p2")], False)
 
 
+def test_parse_reads_raw_control_characters_a_guided_decoder_lets_through():
+    # found through vLLM's structured outputs: a random model wrote "\x00" inside a JSON string
+    assert parse_output('{"captions": [{"text": "A wo\x00man.", "source": "new"}]}') == ([("A wo\x00man.", "new")], False)
+    cut = '{"captions": [{"text": "A\x01 man.", "source": "new"}, {"text": "A wo'
+    assert parse_output(cut) == ([("A\x01 man.", "new")], True)
+
+
 def test_parse_salvages_complete_captions_of_a_cut_off_answer():
     cut = answer(GOOD[:3])[:-60]  # max_tokens reached inside the third caption
     items, salvaged = parse_output(cut)

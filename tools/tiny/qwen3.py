@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VERSION = "1"
+VERSION = "2"  # 2: head size 32 (vLLM's CPU attention takes 32, 64, 80, ..., not 16)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>",
                   "</tool_call>"]
 # Qwen2/Qwen3 pre-tokenization (tokenizer.json of Qwen/Qwen3-1.7B).
@@ -75,7 +75,7 @@ def train_tokenizer(vocab_size: int = 800):
 
 
 def build(out: Path) -> None:
-    """Qwen3ForCausalLM, 2 layers of width 64, GQA 4/2 heads, Qwen3 chat template with enable_thinking."""
+    """Qwen3ForCausalLM, 2 layers of width 64, GQA 4/2 heads of size 32, Qwen3 chat template with enable_thinking."""
     import torch
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
@@ -87,7 +87,7 @@ def build(out: Path) -> None:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=8192,
         rope_theta=1e6, tie_word_embeddings=True, bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
