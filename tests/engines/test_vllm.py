@@ -173,10 +173,9 @@ def test_refine_on_vllm_gets_structured_json_it_can_always_parse(llm_text, demo_
 
 
 def test_the_torchvision_shim_let_torchvision_import_beside_a_cpu_torch():
+    import facecurate_torchvision_shim as shim  # installed by make setup-vllm (CPU only)
     import torch
     import torchvision.transforms.v2  # noqa: F401 - what the InternVL image processor needs
-
-    import facecurate_torchvision_shim as shim  # installed by make setup-vllm (CPU only)
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA torch loads torchvision's real ops")
