@@ -51,7 +51,12 @@ REGISTRY: dict[str, StageSpec] = {
             summary="scan sources, decode, hash, measure and split every image; write index.parquet",
         ),
         StageSpec(
+            "faces", "pipeline.stages.faces", "FacesStage", "FacesConfig", requires=("ingest",),
+            summary="detect faces (dlib), 68 landmarks, FFHQ alignment, quality filters, identities, near-duplicates",
+        ),
+        StageSpec(
             "caption", "pipeline.stages.caption", "CaptionStage", "CaptionConfig", requires=("ingest",),
+            optional=("faces",),
             summary="caption every image with each prompt of a prompt set (InternVL3; cached by content)",
             ledger="captions/raw",
         ),
@@ -67,11 +72,11 @@ REGISTRY: dict[str, StageSpec] = {
             ledger="captions/final",
         ),
         StageSpec(
-            "parse", "pipeline.stages.parse", "ParseStage", "ParseConfig", requires=("ingest",),
+            "parse", "pipeline.stages.parse", "ParseStage", "ParseConfig", requires=("ingest",), optional=("faces",),
             summary="19-class face masks (Segformer, FaRL, trained smp) with per-image parser agreement",
         ),
         StageSpec(
-            "sketch", "pipeline.stages.sketch", "SketchStage", "SketchConfig", requires=("ingest",),
+            "sketch", "pipeline.stages.sketch", "SketchStage", "SketchConfig", requires=("ingest",), optional=("faces",),
             summary="U2Net portrait sketches (Haar face crop), black lines on white, in the image's frame",
             ledger="sketches",
         ),
@@ -82,12 +87,12 @@ REGISTRY: dict[str, StageSpec] = {
         ),
         StageSpec(
             "latents", "pipeline.stages.latents", "LatentsStage", "LatentsConfig", requires=("ingest",),
-            optional=("parse", "sketch"), ledger="latents",
+            optional=("faces", "parse", "sketch"), ledger="latents",
             summary="VAE latent means (FLUX, SD) of image, coloured mask and sketch, float16, factors recorded",
         ),
         StageSpec(
             "shard", "pipeline.stages.shard", "ShardStage", "ShardConfig", requires=("ingest",),
-            optional=("refine", "parse", "sketch", "latents", "stats"), ledger="shards",
+            optional=("faces", "refine", "parse", "sketch", "latents", "stats"), ledger="shards",
             summary="WebDataset shards per split with index.json (sha256), features.json and a dataset card",
         ),
     ]

@@ -51,10 +51,19 @@ class StageContext:
         spec = REGISTRY[stage]
         return Ledger(self.out, spec.ledger or spec.name)
 
-    def index(self, columns: list[str] | None = None, ok_only: bool = True) -> pa.Table:
+    def index(self, columns: list[str] | None = None, ok_only: bool = True, faces: bool = True) -> pa.Table:
+        """index.parquet's rows (ok ones by default), as the stages after `faces` see them once it ran:
+        one row per kept face, its aligned crop as `path` and its sha256 (`faces=False`: the photos)."""
         path = self.out / INDEX
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run the ingest stage first")
+        face_rows = Ledger(self.out, "faces")
+        if faces and face_rows.parts():
+            t = pq.read_table(path)
+            t = t.filter(pc.equal(t["status"], OK)) if ok_only else t
+            t = effective_index(t, face_rows.read(["key", "status", "face_key", "aligned", "aligned_sha256", "size",
+                                                   "split"]))
+            return t if columns is None else t.select(columns)
         t = pq.read_table(path, columns=columns if columns is None or "status" in columns
                           else [*columns, "status"])
         if ok_only:
@@ -124,3 +133,25 @@ def row_fingerprints(stage_fp: str, src: list[str]) -> list[str]:
 
 def error_row(key: str, status: str, error: str) -> dict[str, str]:
     return {"key": key, "status": status, "error": error}
+
+
+def effective_index(index: pa.Table, faces: pa.Table) -> pa.Table:
+    """The index once `faces` ran: one row per kept face (status ok), its aligned crop as `path` (with
+    that file's sha256 and size), the split faces chose, `photo_key` naming the photo it came from.
+    Photos faces dropped (no face, too small, near-duplicate, ...) are not in it."""
+    faces = faces.filter(pc.equal(faces["status"], OK))
+    rows = {r["key"]: r for r in index.to_pylist()}
+    out = []
+    for f in faces.to_pylist():
+        base = rows.get(f["key"])
+        if base is None or not f.get("aligned"):
+            continue
+        row = dict(base)
+        row.update(key=f["face_key"], path=f["aligned"], photo_key=f["key"])
+        if f.get("aligned_sha256"):
+            row.update(sha256=f["aligned_sha256"], width=f["size"], height=f["size"])
+        if f.get("split") and "split" in row:
+            row["split"] = f["split"]
+        out.append(row)
+    schema = index.schema.append(pa.field("photo_key", pa.string()))
+    return pa.Table.from_pylist(sorted(out, key=lambda r: r["key"]), schema=schema)

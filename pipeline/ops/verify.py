@@ -9,6 +9,7 @@ shard ledger's ok keys (`pipeline.ops.shard_check`). Later stages add their own 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,21 @@ def verify_run(out: Path, console: Console) -> tuple[list[str], int]:
         dups = sorted({k for k in keys if keys.count(k) > 1})[:5]
         problems.append(f"index.parquet lists keys more than once: {dups}")
     known = set(keys)
+    aligned: list[tuple[str, str, str]] = []  # (face key, crop path, sha256) of the faces stage's kept crops
+    if (out / "faces").is_dir() and any((out / "faces").glob("part-*.parquet")):
+        from pipeline.core.ledger import Ledger
+
+        faces = Ledger(out, "faces").read(["key", "status", "face_key", "aligned", "aligned_sha256"]).to_pylist()
+        known |= {f["face_key"] for f in faces if f["face_key"]}
+        aligned = [(f["face_key"], f["aligned"], f["aligned_sha256"]) for f in faces
+                   if f["status"] == "ok" and f["aligned_sha256"]]
+    for face_key, rel, sha in aligned:
+        checks += 1
+        path = out / rel
+        if not path.is_file():
+            problems.append(f"{face_key}: aligned crop {path} is missing (re-run faces)")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            problems.append(f"{face_key}: aligned crop {path} changed since the faces stage wrote it (re-run faces)")
     for name, spec in REGISTRY.items():
         ledger_dir = out / (spec.ledger or name)
         for part in sorted(ledger_dir.glob("part-*.parquet")) if ledger_dir.is_dir() else []:

@@ -108,14 +108,25 @@ def _models(resolved: dict, index: dict) -> list[str]:
     return out
 
 
-def _licenses(ok: list[dict[str, Any]]) -> list[str]:
+# The faces stage's dlib models (dlib-models' README), for runs that used it.
+FACE_MODEL_LICENSES = [
+    ["dlib HOG frontal face detector", "Boost Software License (dlib)"],
+    ["shape_predictor_68_face_landmarks", "trained on iBUG 300-W, whose license excludes commercial use"],
+    ["dlib_face_recognition_resnet_model_v1 (identity)", "CC0 1.0 (public domain)"],
+    ["mmod_human_face_detector (CNN detector)", "CC0 1.0 (public domain)"],
+]
+
+
+def _licenses(ok: list[dict[str, Any]], faces: bool = False) -> list[str]:
     lic = Counter(r.get("license") or "none recorded (the source's terms apply)" for r in ok)
+    extra = (["", "Faces were detected, aligned and grouped by identity with dlib's models (`faces` stage); their "
+              "terms, from dlib-models:", "", _table(["model", "license"], FACE_MODEL_LICENSES)] if faces else [])
     return ["## Licenses", "",
             "Every sample's `json` has its image's `license` and `source_url` (FFHQ records one per image: "
             "keep the attribution). Images without one carry their source's terms (CelebA-HQ / CelebAMask-HQ: "
             "non-commercial research only). Masks, sketches, captions and latents derive from the image and "
             "follow its terms.", "",
-            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in lic.most_common()])]
+            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in lic.most_common()]), *extra]
 
 
 def _statistics(out: Path, ok: list[dict[str, Any]]) -> list[str]:
@@ -207,7 +218,7 @@ def render(out: Path, index: dict, rows: list[dict[str, Any]]) -> tuple[str, dic
                     [[sp, f"{d['samples']:,}", d["shards"], f"{d['bytes']:,}"]
                      for sp, d in index["splits"].items()]),
              "", f"Left out, by reason (see the shard ledger): {_counts(index['left_out'])}.", "",
-             *_schema(index, ok), "", *_models(resolved, index), "", *_licenses(ok), "",
+             *_schema(index, ok), "", *_models(resolved, index), "", *_licenses(ok, (out / "faces" / "report.json").exists()), "",
              *_statistics(out, ok), "", *_how_to_load(index), ""]
     return "\n".join(parts), features
 

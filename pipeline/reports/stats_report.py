@@ -175,4 +175,28 @@ def write_report(ctx: StageContext, doc: dict[str, Any], samples: int) -> None:
         atomic_write_bytes(folder / f"{name}.png", png)
     triplets = sample_triplets(ctx, samples) if samples else []
     page = render_html(doc, figures, triplets, f"facecurate statistics: {ctx.out.name}")
+    faces = ctx.out / "faces" / "report.json"
+    if faces.exists():
+        page = page.replace("</body></html>", faces_section(json.loads(faces.read_text())) + "</body></html>")
     atomic_write_bytes(folder / "report.html", page.encode())
+
+
+def faces_section(r: dict[str, Any]) -> str:
+    """The faces view: faces per photo, sizes, sharpness, pose, identities, and what was dropped and why."""
+    e = html.escape
+
+    def table(title: str, items: dict[str, Any], head: tuple[str, str]) -> str:
+        rows = "".join(f"<tr><td class=l>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in items.items())
+        return (f"<table><caption>{e(title)}</caption><tr><th class=l>{e(head[0])}</th><th>{e(head[1])}</th></tr>"
+                f"{rows or '<tr><td class=l colspan=2>none</td></tr>'}</table>")
+
+    return (f"<h2>Faces</h2><p>{r['photos']:,} photos, {r['faces_kept']:,} faces kept, {r['identities']:,} "
+            f"identities; at most {r['splits_per_identity_max']} split per identity. Thumbnails of what was "
+            f"dropped and why: <a href='../faces/report.html'>faces/report.html</a>.</p>"
+            "<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>"
+            + table("Rows by status", r["by_status"], ("status", "rows"))
+            + table("Faces found per photo", r["faces_found_per_photo"], ("faces", "photos"))
+            + table("Faces per identity", r["faces_per_identity"], ("faces", "identities"))
+            + table("Face box side (px)", r["face_box_px"], ("quantile", "px"))
+            + table("Sharpness (Laplacian variance)", r["sharpness"], ("quantile", "value"))
+            + table("Yaw", r["yaw"], ("quantile", "value")) + "</div>")

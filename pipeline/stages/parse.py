@@ -125,11 +125,13 @@ class ParseStage(Stage):
         keys = [str(k) for k in batch["key"]]
         rows: list[dict[str, Any]] = []
         images, aligned, ok_keys = [], [], []
-        for key, path, source in zip(keys, batch["path"], batch["source"], strict=True):
+        # after the faces stage every image is an FFHQ-aligned crop (it has a photo_key)
+        from_faces = batch.get("photo_key", [None] * len(keys))
+        for key, path, source, photo in zip(keys, batch["path"], batch["source"], from_faces, strict=True):
             try:
                 src = Path(str(path))
                 images.append(np.array(load_rgb(src if src.is_absolute() else self.ctx.out / src)))
-                aligned.append(str(source) in cfg.aligned_sources)
+                aligned.append(str(source) in cfg.aligned_sources or photo is not None)
                 ok_keys.append(key)
             except Exception as e:  # noqa: BLE001 - a file that stopped decoding is a row, not a crash
                 rows += [self._row(key, p, "decode_error", f"{type(e).__name__}: {e}") for p in cfg.parsers]

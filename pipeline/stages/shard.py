@@ -158,6 +158,8 @@ class ShardStage(Stage):
                 "class_pixels": [int(x) for x in pixels], "flags": flags, "license": r["license"],
                 "source_url": r.get("source_url"), "split": r["split"], "source": r["source"],
                 "mask_source": v.mask_source}
+        if r.get("photo_key"):  # the faces stage ran: the image is an FFHQ-aligned crop of this photo
+            meta["aligned"] = {"photo_key": r["photo_key"], "procedure": "ffhq", "crop": r.get("path")}
         fields.append(("json", dumps(meta).encode()))
         data = sample_fragment(r["key"], fields)
         rel = f"shards/.samples/{r['key']}.{r['_fp'][:12]}.tar"
