@@ -186,6 +186,9 @@ def faces_section(r: dict[str, Any]) -> str:
     e = html.escape
 
     def table(title: str, items: dict[str, Any], head: tuple[str, str]) -> str:
+        order = ("min", "p25", "median", "p75", "max")
+        if set(items) <= set(order):
+            items = {k: items[k] for k in order if k in items}
         rows = "".join(f"<tr><td class=l>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in items.items())
         return (f"<table><caption>{e(title)}</caption><tr><th class=l>{e(head[0])}</th><th>{e(head[1])}</th></tr>"
                 f"{rows or '<tr><td class=l colspan=2>none</td></tr>'}</table>")
