@@ -110,7 +110,7 @@ def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
         if name == "ingest" and (out / "index.parquet").exists():
             from collections import Counter
 
-            counts = Counter(ctx.index(["status"], ok_only=False)["status"].to_pylist())
+            counts = Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
         else:
             counts = ledger.counts()
         pending: int | None = None

@@ -225,7 +225,7 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
 
 
 def _index_counts(ctx: StageContext) -> Counter:
-    return Counter(ctx.index(["status"], ok_only=False)["status"].to_pylist())
+    return Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
 
 
 def _execute_local(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Table,
