@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from pipeline.core.ledger import OK, Ledger, atomic_write_bytes
-from pipeline.reports.html_kit import CSS, thumb
+from pipeline.reports.html_kit import CSS, kv_table, thumb
 from pipeline.text.judge import close
 from pipeline.text.tokens import CONTEXT_LENGTH
 
@@ -263,12 +263,6 @@ const items=[...box.children];items.sort((a,b)=>k==='key'?a.dataset.key.localeCo
 </script>"""
 
 
-def _kv_table(title: str, items: dict[str, Any], head: tuple[str, str] = ("", "count")) -> str:
-    rows = "".join(f"<tr><td class=l>{E(str(k))}</td><td>{E(str(v))}</td></tr>" for k, v in items.items())
-    return (f"<table><caption>{E(title)}</caption><tr><th class=l>{E(head[0])}</th><th>{E(head[1])}</th></tr>"
-            f"{rows or '<tr><td class=l colspan=2>none</td></tr>'}</table>")
-
-
 def _image_html(rec: dict[str, Any]) -> str:
     img = f"<img alt='{E(rec['key'])}' src='{rec['thumb']}'>" if rec["thumb"] else "<div class=nothumb></div>"
     flags = "".join(f"<span class='pill{' bad' if f.startswith(('contradiction', 'mask_', 'fallback', 'too_few')) else ''}'>"
@@ -312,19 +306,19 @@ def render_html(r: dict[str, Any], records: list[dict[str, Any]], png: bytes) ->
         f"<h1>Captions</h1><p>{E(headline(r))}.</p>",
         f"<img class=plot alt='CLIP token lengths of final captions' src='{data_uri(png, 'image/png')}'>",
         "<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>",
-        _kv_table("Captions per image", r["captions_per_image"], ("captions", "images")),
-        _kv_table("Provenance", r["provenance"], ("from", "captions")),
-        _kv_table("Rejections by reason", r["rejections"], ("reason", "candidates")),
-        _kv_table("Consistency", {"images whose captions disagreed": cons["images_with_disputes"],
+        kv_table("Captions per image", r["captions_per_image"], ("captions", "images")),
+        kv_table("Provenance", r["provenance"], ("from", "captions")),
+        kv_table("Rejections by reason", r["rejections"], ("reason", "candidates")),
+        kv_table("Consistency", {"images whose captions disagreed": cons["images_with_disputes"],
                                   "minority captions left out": cons["minority_captions_dropped"],
                                   "contradictions left in final captions": cons["contradictions_left"],
                                   **{f"  on {k}": v for k, v in cons["contradictions_by_slot"].items()}}),
-        _kv_table("Mask evidence (grade:state, items)", r["mask"]["evidence_by_grade"], ("grade:state", "items")),
-        _kv_table("Mask contradictions by item", r["mask"]["contradictions"], ("item", "captions")),
-        _kv_table("Flags", r["flags"], ("flag", "images")),
-        _kv_table("Slot coverage (share of images)", cov, ("slot", "images")),
-        _kv_table("Cleaning: rows by status", c.get("by_status", {}), ("status", "rows")),
-        _kv_table("Cleaning: rules applied", c.get("rules", {}), ("rule", "rows")),
+        kv_table("Mask evidence (grade:state, items)", r["mask"]["evidence_by_grade"], ("grade:state", "items")),
+        kv_table("Mask contradictions by item", r["mask"]["contradictions"], ("item", "captions")),
+        kv_table("Flags", r["flags"], ("flag", "images")),
+        kv_table("Slot coverage (share of images)", cov, ("slot", "images")),
+        kv_table("Cleaning: rows by status", c.get("by_status", {}), ("status", "rows")),
+        kv_table("Cleaning: rules applied", c.get("rules", {}), ("rule", "rows")),
         "</div>",
         f"<h2>Images</h2><p class=dim>{E(shown)}.</p><div class=sortbar>Sort by: "
         "<button onclick=\"sortBy('problems')\">problems</button> "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+from typing import Any
 
 from PIL import Image
 
@@ -25,3 +27,11 @@ def thumb(img: Image.Image, size: int, resample: Image.Resampling, fmt: str = "P
     buf = io.BytesIO()
     img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return data_uri(buf.getvalue(), f"image/{fmt.lower()}")
+
+
+def kv_table(title: str, items: dict[str, Any], head: tuple[str, str] = ("", "count")) -> str:
+    """A captioned two-column table (name, value) with headers; "none" when empty."""
+    e = html.escape
+    rows = "".join(f"<tr><td class=l>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in items.items())
+    return (f"<table><caption>{e(title)}</caption><tr><th class=l>{e(head[0])}</th><th>{e(head[1])}</th></tr>"
+            f"{rows or '<tr><td class=l colspan=2>none</td></tr>'}</table>")

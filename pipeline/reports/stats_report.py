@@ -24,7 +24,7 @@ from pipeline.core.stage import StageContext
 from pipeline.data.images import load_rgb
 from pipeline.data.labels import NAMES, PALETTE, colorize
 from pipeline.reports.html_kit import CSS as BASE_CSS
-from pipeline.reports.html_kit import data_uri, thumb
+from pipeline.reports.html_kit import data_uri, kv_table, thumb
 
 GROUP_COLOURS = {"HFA": "#1f77b4", "NFA": "#7f7f7f", "RFA": "#d62728"}
 
@@ -183,15 +183,11 @@ def write_report(ctx: StageContext, doc: dict[str, Any], samples: int) -> None:
 
 def faces_section(r: dict[str, Any]) -> str:
     """The faces view: faces per photo, sizes, sharpness, pose, identities, and what was dropped and why."""
-    e = html.escape
-
     def table(title: str, items: dict[str, Any], head: tuple[str, str]) -> str:
         order = ("min", "p25", "median", "p75", "max")
         if set(items) <= set(order):
             items = {k: items[k] for k in order if k in items}
-        rows = "".join(f"<tr><td class=l>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in items.items())
-        return (f"<table><caption>{e(title)}</caption><tr><th class=l>{e(head[0])}</th><th>{e(head[1])}</th></tr>"
-                f"{rows or '<tr><td class=l colspan=2>none</td></tr>'}</table>")
+        return kv_table(title, items, head)
 
     return (f"<h2>Faces</h2><p>{r['photos']:,} photos, {r['faces_kept']:,} faces kept, {r['identities']:,} "
             f"identities; at most {r['splits_per_identity_max']} split per identity. Thumbnails of what was "

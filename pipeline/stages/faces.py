@@ -281,7 +281,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: FacesConfig) -> dic
     """faces/report.json and faces/report.html: faces per photo, sizes, sharpness, pose, identities, drops."""
     from PIL import Image
 
-    from pipeline.reports.html_kit import CSS, thumb
+    from pipeline.reports.html_kit import CSS, kv_table, thumb
 
     kept = [r for r in rows if r["status"] == OK]
     photos = Counter(r["key"] for r in rows)
@@ -317,14 +317,13 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: FacesConfig) -> dic
                      f"</div><div class={'ok' if r['status'] == OK else 'bad'}>{e(r['status'])}"
                      f"{' · ' + e(r.get('identity') or '') if r['status'] == OK else ''}</div>"
                      f"<div class=dim>{e(r.get('error') or '')}</div></div>")
-    table = "".join(f"<tr><td class=l>{e(k)}</td><td>{v}</td></tr>" for k, v in report["by_status"].items())
     page = (f"<!doctype html><meta charset=utf-8><title>Faces</title><style>{CSS}.grid{{display:grid;"
             f"grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:8px}}.cell{{border:1px solid #ddd;"
             f"padding:4px;font-size:12px;overflow-wrap:anywhere}}.cell img{{width:112px;height:112px;object-fit:cover}}.bad{{color:#b00020}}"
             f".ok{{color:#176e2c}}.dim{{color:#777}}</style><h1>Faces</h1>"
             f"<p>{report['photos']:,} photos, {report['faces_kept']:,} faces kept, {report['identities']:,} identities "
             f"(at most {report['splits_per_identity_max']} split per identity).</p>"
-            f"<table><caption>Rows by status</caption><tr><th class=l>status</th><th>rows</th></tr>{table}</table>"
+            f"{kv_table('Rows by status', report['by_status'], ('status', 'rows'))}"
             f"<h2>Dropped (why) and kept (identity)</h2><div class=grid>{''.join(cells)}</div>\n")
     atomic_write_bytes(out / "faces" / "report.html", page.encode())
     return report
