@@ -97,6 +97,7 @@ def run(
     overrides: SetOpt = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these stages (repeatable).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-process keys whose last attempt failed.")] = False,
+    rehash: Annotated[bool, typer.Option("--rehash", help="Re-hash every ingested image first and redo the ones whose bytes changed behind an unchanged size and mtime.")] = False,
 ) -> None:
     """Run a manifest's stages in dependency order, resuming whatever is already done.
 
@@ -111,6 +112,8 @@ def run(
     facecurate run my.yaml --out runs/v2 --runner ray
     # change one setting, run one stage
     facecurate run my.yaml --set stages.ingest.min_size=256 --only ingest
+    # images were edited in place (same size and mtime): re-hash them all and redo the changed ones
+    facecurate run my.yaml --rehash
     ```
     """
     from pipeline.core.run import resolve_out, run_manifest
@@ -123,7 +126,7 @@ def run(
     m = load_manifest(manifest, sets)
     target = resolve_out(m, out.resolve() if out else None)
     t0 = time.monotonic()
-    results = run_manifest(m, target, only=only, console=console)
+    results = run_manifest(m, target, only=only, console=console, rehash=rehash)
     _print_results(results, f"{m.name} -> {target}", time.monotonic() - t0)
 
 
@@ -146,29 +149,109 @@ def status(out: Annotated[Path, typer.Argument(help="An output folder of a run."
     if not rows:
         raise ConfigError(f"{out} holds no facecurate run (no ledger found)")
     out_console.print(summary_table(rows, f"status of {out}"))
+    for r in rows:
+        for note in r.get("notes", []):
+            console.print(f"[yellow]![/yellow] {r['stage']}: {note}", highlight=False, soft_wrap=True)
+
+
+DepthOpt = Annotated[str, typer.Option("--depth", help="`fast`: structure and checksums; `full`: decode every file.")]
+
+
+def _print_problems(problems: list) -> None:
+    for p in problems:
+        out_console.print(f"[red]x[/red] {p}", highlight=False, soft_wrap=True)
+    fixes = sorted({p.fix for p in problems if getattr(p, "fix", "")})
+    for f in fixes:
+        console.print(f"  to fix: [bold]{f}[/bold]", highlight=False)
 
 
 @app.command()
-def verify(out: Annotated[Path, typer.Argument(help="An output folder of a run.", show_default=False)]) -> None:
-    """Check a run's outputs: re-hash every ok image, read every ledger part, check every mask.
+def verify(
+    out: Annotated[Path, typer.Argument(help="An output folder of a run.", show_default=False)],
+    depth: DepthOpt = "fast",
+) -> None:
+    """Check every artifact a run's ledgers say exist: ledger parts read in full, every ok image
+    re-hashed, every mask, ground-truth mask, sketch, aligned crop, latents file, shard and its samples,
+    the dataset card.
 
-    Exits non-zero and lists each problem when anything does not match.
+    Writes nothing. Exits 1 and lists each problem with what to run when anything does not match
+    (usually `facecurate repair OUT`).
 
-    **Example**
+    **Examples**
 
     ```
     facecurate verify runs/faces
+    # decode every mask, sketch, array and shard sample too
+    facecurate verify runs/faces --depth full
     ```
     """
+    from pipeline.core.run import busy
     from pipeline.ops.verify import verify_run
 
-    problems, checked = verify_run(out.resolve(), console)
+    if not out.is_dir():
+        raise ConfigError(f"{out} is not a folder")
+    if (pid := busy(out)) is not None:
+        raise ConfigError(f"{out} is being written by a facecurate run (pid {pid}); verify it when that run ends")
+    problems, checked = verify_run(out.resolve(), console, depth)
     if problems:
-        for p in problems:
-            out_console.print(f"[red]x[/red] {p}")
-        console.print(f"[red]{len(problems)} problem(s)[/red] in {checked:,} checks")
+        _print_problems(problems)
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {checked:,} checks ({depth})")
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green]: {checked:,} checks passed")
+    console.print(f"[green]ok[/green]: {checked:,} checks passed ({depth})")
+
+
+@app.command()
+def repair(
+    out: Annotated[Path, typer.Argument(help="An output folder of a run.", show_default=False)],
+    depth: DepthOpt = "fast",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be redone; change nothing.")] = False,
+) -> None:
+    """Redo exactly what `verify` finds broken, then verify again.
+
+    Corrupt ledger parts are moved to `<ledger>/corrupt/` (kept, never deleted) and their keys
+    recomputed; keys whose files are missing or damaged, and images whose bytes changed since ingest
+    (even behind an unchanged size and mtime), are made pending and the run's recorded manifest runs
+    again: only those keys, and what depends on a changed result, are redone. Source files are never
+    touched.
+
+    **Examples**
+
+    ```
+    facecurate repair runs/faces
+    facecurate repair runs/faces --depth full --dry-run
+    ```
+    """
+    from pipeline.core.run import load_resolved, locked, run_manifest
+    from pipeline.ops.verify import apply_repairs, verify_run
+
+    out = out.resolve()
+    if not out.is_dir():
+        raise ConfigError(f"{out} is not a folder")
+    manifest = load_resolved(out)
+    if manifest is None:
+        raise ConfigError(f"{out} has no manifest.resolved.yaml that loads: run the manifest again with "
+                          f"`facecurate run MANIFEST --out {out}`")
+    with locked(out):
+        problems, checked = verify_run(out, console, depth)
+        if not problems:
+            console.print(f"[green]nothing to repair[/green]: {checked:,} checks passed ({depth})")
+            return
+        _print_problems(problems)
+        if dry_run:
+            console.print(f"{len(problems)} problem(s); --dry-run: nothing changed")
+            raise typer.Exit(1)
+        actions = apply_repairs(out, problems, console)
+    console.print("repair: " + ", ".join(f"{v:,} {k}" for k, v in actions.items() if v), highlight=False)
+    t0 = time.monotonic()
+    results = run_manifest(manifest, out, console=console)
+    _print_results(results, f"repair -> {out}", time.monotonic() - t0)
+    after, checked = verify_run(out, console, depth)
+    if after:
+        _print_problems(after)
+        console.print(f"[red]{len(after)} problem(s) remain[/red] after repair ({checked:,} checks); "
+                      "the lines above say what each needs")
+        raise typer.Exit(1)
+    console.print(f"[green]repaired[/green]: verify passes ({checked:,} checks, {depth})")
 
 
 @app.command()
@@ -253,6 +336,15 @@ def main() -> None:
     except ConfigError as e:
         console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as e:
+        from pipeline.core.files import DiskFull, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        if not isinstance(e, DiskFull):
+            e = DiskFull(Path(e.filename or "."), e)
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished parts are kept; run the same command again to resume")
         sys.exit(130)

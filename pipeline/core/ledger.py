@@ -6,13 +6,21 @@ appears in several parts, the rows of the latest part win: that is how a re-proc
 file, an edited prompt, `--retry-failed`) supersedes its old rows without rewriting history in place.
 Every row carries `_fp`, the fingerprint of the input and settings it was made from; a key is done
 when its fingerprint matches the current one (see `runner.py`).
+
+A part that does not read in full (a flipped byte, a cut file) is never half-trusted. What happens
+depends on who reads (`on_corrupt`): a run moves it aside to `<ledger>/corrupt/` with one line naming
+it, and its keys become pending again (`quarantine`); `status` and reports skip it and say so
+(`skip`, see `Ledger.corrupt`); anything else gets a `LedgerCorrupt` one-liner naming the part and
+what to run (`raise`). `verify` reads every part with every column.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,20 +29,68 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-PART_RE = re.compile(r"^part-(\d{6})\.parquet$")
+from pipeline.core.config import ConfigError
+from pipeline.core.files import atomic_write_bytes
+
+__all__ = ["BASE_SCHEMA", "OK", "Ledger", "atomic_write_bytes", "atomic_write_table", "sha256_file"]
+
+# part-NNNNNN.<first 16 hex of its sha256>.parquet (parts written before checksums: part-NNNNNN.parquet)
+PART_RE = re.compile(r"^part-(\d{6})(?:\.([0-9a-f]{16}))?\.parquet$")
 BASE_SCHEMA = pa.schema(
     [("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("_fp", pa.string())]
 )
 OK = "ok"
+NEEDS_REPAIR = "needs_repair"  # the status of a row `repair` wrote to make its key pending again
+CORRUPT_DIR = "corrupt"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+class LedgerCorrupt(ConfigError):
+    """A ledger part that does not read; the message names it and says what to run."""
+
+    def __init__(self, path: Path, cause: Exception, out: Path):
+        super().__init__(f"ledger part {path} is corrupt ({_first_line(cause)}); run `facecurate repair {out}` "
+                         "to move it aside and recompute its keys")
+        self.path = path
+
+
+def _first_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+_HASHED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of parts whose sha256 matched their name
+
+
+def check_part_sha(path: Path) -> None:
+    """Raise ValueError when a part's bytes do not match the sha256 in its name (any changed byte,
+    footer included). Each file is hashed once per process while its size and mtime stay the same."""
+    want = part_sha(path)
+    if want is None:
+        return
+    st = path.stat()
+    ident = (str(path), st.st_size, st.st_mtime_ns)
+    if ident in _HASHED:
+        return
+    if sha256_file(path)[:16] != want:
+        raise ValueError("its bytes do not match the sha256 in its name (a changed byte)")
+    _HASHED.add(ident)
+
+
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One part, checked against the sha256 in its name, every requested column decoded with its page
+    CRCs checked (columns older parts lack are left out)."""
+    check_part_sha(path)
+    with pq.ParquetFile(path, page_checksum_verification=True) as f:
+        return f.read(columns=None if columns is None else [c for c in columns if c in f.schema_arrow.names])
+
+
+def read_checked(path: Path, sha256: str | None = None) -> pa.Table:
+    """A whole parquet file, checked against `sha256` when given and its page CRCs."""
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError("its bytes do not match the recorded sha256 (a changed byte)")
+    with pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True) as f:
+        return f.read()
 
 
 def sha256_file(path: Path) -> str:
@@ -46,11 +102,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+def table_bytes(table: pa.Table) -> bytes:
+    """A table as parquet bytes: zstd, and a CRC on every page, so a reader finds a flipped byte."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
+    return buf.getvalue()
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> str:
+    """A parquet file written whole (through `files.atomic_write_bytes`); returns its sha256."""
+    data = table_bytes(table)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def part_sha(path: Path) -> str | None:
+    """The sha256 prefix a part's name records (`part-NNNNNN.<sha>.parquet`; None for older parts)."""
+    m = PART_RE.match(path.name)
+    return m.group(2) if m else None
 
 
 class Ledger:
@@ -61,8 +130,41 @@ class Ledger:
         rel: the stage's ledger folder inside it (e.g. `ingest`, `captions/raw`).
     """
 
-    def __init__(self, out: Path, rel: str):
+    def __init__(self, out: Path, rel: str, on_corrupt: str = "raise"):
         self.dir = Path(out) / rel
+        self.out = Path(out)
+        self.on_corrupt = on_corrupt  # raise | quarantine | skip
+        self.corrupt: dict[Path, str] = {}  # parts found unreadable (skipped or moved aside), with why
+
+    def quarantine(self, path: Path, why: str) -> Path:
+        """Move a corrupt part to `<ledger>/corrupt/` (named by its part and a hash of its bytes, so a
+        second corrupt copy never overwrites the first); its keys are pending again."""
+        dest_dir = self.dir / CORRUPT_DIR
+        dest_dir.mkdir(exist_ok=True)
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        except OSError:
+            digest = "unread"
+        dest = dest_dir / f"{path.name}.{digest}"
+        os.replace(path, dest)
+        self.corrupt[path] = why
+        print(f"facecurate: ledger part {path} is corrupt ({why}); moved to {dest}, its keys will be "
+              "recomputed", file=sys.stderr)
+        return dest
+
+    def _read_part(self, path: Path, columns: list[str] | None) -> pa.Table | None:
+        try:
+            return read_part(path, columns)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            if isinstance(e, FileNotFoundError) and not path.exists() and path in self.corrupt:
+                return None
+            if self.on_corrupt == "raise":
+                raise LedgerCorrupt(path, e, self.out) from None
+            if self.on_corrupt == "quarantine":
+                self.quarantine(path, _first_line(e))
+            else:
+                self.corrupt[path] = _first_line(e)
+            return None
 
     def parts(self) -> list[tuple[int, Path]]:
         if not self.dir.is_dir():
@@ -83,8 +185,9 @@ class Ledger:
         """Write one complete part (atomically) and return its path."""
         parts = self.parts()
         seq = parts[-1][0] + 1 if parts else 0
-        path = self.dir / f"part-{seq:06d}.parquet"
-        atomic_write_table(table, path)
+        data = table_bytes(table)
+        path = self.dir / f"part-{seq:06d}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+        atomic_write_bytes(path, data)
         return path
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
@@ -95,13 +198,14 @@ class Ledger:
         wanted = None if columns is None else list(dict.fromkeys(["key", *columns]))  # resolution needs key
         tables = []
         for seq, path in parts:
-            with pq.ParquetFile(path) as f:
-                # a part written before a column was added lacks it: it comes back null, not as an error
-                cols = None if wanted is None else [c for c in wanted if c in f.schema_arrow.names]
-                t = f.read(columns=cols)
-            tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, seq, np.int32))))
+            # a part written before a column was added lacks it: it comes back null, not as an error
+            t = self._read_part(path, wanted)
+            if t is not None:
+                tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, seq, np.int32))))
+        if not tables:
+            return BASE_SCHEMA.empty_table() if columns is None else _empty(columns)
         table = pa.concat_tables(tables, promote_options="permissive")
-        if len(parts) > 1 and table.num_rows:
+        if len(tables) > 1 and table.num_rows:
             enc = pc.dictionary_encode(table["key"]).combine_chunks()
             idx = enc.indices.to_numpy(zero_copy_only=False)
             seqs = table["_part"].to_numpy()
@@ -130,12 +234,33 @@ class Ledger:
         t = self.read(["status"])
         return Counter(t["status"].to_pylist())
 
+    def validate(self) -> int:
+        """Read every part in full (every column); corrupt ones are handled per `on_corrupt`.
+        Returns the number of parts found corrupt."""
+        before = len(self.corrupt)
+        for _, path in self.parts():
+            self._read_part(path, None)
+        return len(self.corrupt) - before
+
+    def invalidate(self, keys: list[str], why: str) -> Path | None:
+        """Make `keys` pending again without touching their files: a part whose rows (status
+        `needs_repair`, an empty fingerprint) supersede every earlier row of those keys."""
+        keys = sorted(set(keys))
+        if not keys:
+            return None
+        n = len(keys)
+        return self.write(pa.table({"key": pa.array(keys, pa.string()), "status": [NEEDS_REPAIR] * n,
+                                    "error": [why[:500]] * n, "_fp": [""] * n}, schema=BASE_SCHEMA))
+
     def compact(self) -> None:
         """Fold all parts into one (the resolved view); safe to kill at any point."""
         parts = self.parts()
         if len(parts) <= 1:
             return
-        self.write(self.read())
+        table = self.read()
+        if self.corrupt and self.on_corrupt != "quarantine":
+            return  # never fold a ledger whose parts could not all be read
+        self.write(table)
         for _, path in parts:
             path.unlink(missing_ok=True)
 

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from pipeline import __version__
 from pipeline.core.config import ConfigError, to_plain
+from pipeline.core.files import sweep_temps
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.manifest import Manifest
 from pipeline.core.registry import REGISTRY, order
@@ -46,7 +47,26 @@ def locked(out: Path) -> Iterator[None]:
             raise ConfigError(f"{out} is in use by another facecurate run (pid {holder}); wait for it or use another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        sweep_temps(out)  # what a killed run left half-written; no other run can be writing now
         yield
+    finally:
+        os.close(fd)
+
+
+def busy(out: Path) -> int | str | None:
+    """The pid of the run holding `out`'s lock, or None when no run is writing it."""
+    path = out / ".lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else (text or "?")
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
     finally:
         os.close(fd)
 
@@ -78,9 +98,35 @@ def resolve_out(manifest: Manifest, out: Path | None) -> Path:
     return Path(chosen).resolve()
 
 
+def rehash_sources(out: Path, console: Console) -> list[str]:
+    """Re-hash every ok image of the index; the keys whose bytes changed (even behind an unchanged size
+    and mtime, which is all a normal run looks at) are made pending in the ingest ledger."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipeline.core.ledger import Ledger, sha256_file
+
+    index = pq.read_table(out / "index.parquet", columns=["key", "status", "path", "sha256"])
+    rows = index.filter(pc.is_in(index["status"], pa.array(["ok", "duplicate"]))).to_pylist()
+    changed = []
+    with Progress(TextColumn("[bold]rehash"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not console.is_terminal) as progress:
+        bar = progress.add_task("rehash", total=len(rows))
+        for r in rows:
+            path = Path(r["path"]) if Path(r["path"]).is_absolute() else out / r["path"]
+            if path.exists() and sha256_file(path) != r["sha256"]:
+                changed.append(r["key"])
+            progress.advance(bar)
+    Ledger(out, REGISTRY["ingest"].ledger or "ingest", "quarantine").invalidate(
+        changed, "rehash: the image's bytes changed since ingest")
+    return changed
+
+
 def run_manifest(manifest: Manifest, out: Path, only: list[str] | None = None,
-                 console: Console | None = None) -> list[StageResult]:
-    """Run the manifest's stages (or `only` these) in dependency order; resumes whatever is done."""
+                 console: Console | None = None, rehash: bool = False) -> list[StageResult]:
+    """Run the manifest's stages (or `only` these) in dependency order; resumes whatever is done.
+    `rehash`: first re-hash every ingested image and make the changed ones pending (see verify.py)."""
     console = console or Console(stderr=True)
     if not manifest.stages:
         raise ConfigError("stages: the manifest names no stage; add e.g. stages: {ingest: {sources: [...]}}")
@@ -94,23 +140,35 @@ def run_manifest(manifest: Manifest, out: Path, only: list[str] | None = None,
     results = []
     with locked(out):
         write_resolved(manifest, out)
+        if rehash and (out / "index.parquet").exists():
+            changed = rehash_sources(out, console)
+            console.print(f"rehash: {len(changed):,} image(s) changed since ingest"
+                          + (f", e.g. {changed[0]}; they are re-ingested and redone" if changed else ""),
+                          highlight=False)
         for name in names:
             results.append(run_stage(name, manifest.stages[name], ctx, manifest.runner, console))
     return results
 
 
 def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
-    """Per stage: ok rows, failed rows by reason, pending inputs (None when it cannot be computed)."""
-    ctx = StageContext(out)
+    """Per stage: ok rows, failed rows by reason, pending inputs (None when it cannot be computed) and
+    `notes` (why pending is unknown, ledger parts that do not read). Reads only: a corrupt part is
+    skipped and named, never moved."""
+    ctx = StageContext(out, on_corrupt="skip")
     names = order(list(manifest.stages)) if manifest else [n for n in REGISTRY if ctx.ledger(n).parts()]
     rows = []
     for name in names:
         spec = REGISTRY[name]
         ledger = ctx.ledger(name)
+        notes: list[str] = []
         if name == "ingest" and (out / "index.parquet").exists():
             from collections import Counter
 
-            counts = Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
+            try:
+                counts = Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
+            except (OSError, pa.ArrowException) as e:
+                counts = Counter()
+                notes.append(f"index.parquet does not read ({type(e).__name__}: {e}); run `facecurate repair {out}`")
         else:
             counts = ledger.counts()
         pending: int | None = None
@@ -119,10 +177,14 @@ def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
                 _, todo = pending_inputs(spec.stage_cls(), manifest.stages[name], ctx, spec, ledger,
                                          manifest.runner.retry_failed)
                 pending = todo.num_rows
-            except (FileNotFoundError, ValueError, OSError, pa.ArrowException):
+            except (FileNotFoundError, ValueError, OSError, pa.ArrowException) as e:
                 pending = None
+                notes.append(f"pending unknown: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+        notes += [f"ledger part {p} is corrupt ({why}); run `facecurate repair {out}`"
+                  for p, why in sorted(ledger.corrupt.items())]
         rows.append({"stage": name, "ok": counts.get(OK, 0),
-                     "failed": {k: v for k, v in sorted(counts.items()) if k != OK}, "pending": pending})
+                     "failed": {k: v for k, v in sorted(counts.items()) if k != OK}, "pending": pending,
+                     "notes": notes})
     return rows
 
 

@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.text import Text
 
 from pipeline.core.config import RunnerConfig
+from pipeline.core.files import is_disk_full
 from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger
 from pipeline.core.registry import REGISTRY, StageSpec
 from pipeline.core.stage import Stage, StageContext, row_fingerprints
@@ -101,6 +102,8 @@ def call_isolated(stage: Stage, batch: pa.Table, schema: pa.Schema) -> pa.Table:
     try:
         table = to_table(stage(to_numpy_batch(batch)), schema.remove(schema.get_field_index("_fp")))
     except Exception as e:  # noqa: BLE001 - any stage failure becomes data
+        if is_disk_full(e):  # not the sample's fault: stop the run (finished parts are kept)
+            raise
         if batch.num_rows > 1:
             half = batch.num_rows // 2
             return pa.concat_tables([call_isolated(stage, batch.slice(0, half), schema),
@@ -199,6 +202,7 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
     cls = spec.stage_cls()
     ledger = ctx.ledger(name)
     ledger.remove_stale()
+    ledger.validate()  # a corrupt part is moved aside here, with one line, and its keys become pending
     t0 = time.monotonic()
     inputs, pending = pending_inputs(cls, cfg, ctx, spec, ledger, runner.retry_failed)
     result = StageResult(name, inputs=inputs.num_rows, pending=pending.num_rows)

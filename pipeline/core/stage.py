@@ -35,6 +35,7 @@ from pipeline.core.ledger import OK, Ledger
 from pipeline.core.registry import REGISTRY
 
 INDEX = "index.parquet"
+INDEX_SHA = "ingest/index.sha256"  # its sha256, sha256sum format
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,16 @@ class StageContext:
 
     Args:
         out: the run's output folder.
+        on_corrupt: what reading a corrupt ledger part does (`quarantine` in a run, `skip` in the
+            read-only `status`; see ledger.py).
     """
 
     out: Path
+    on_corrupt: str = "quarantine"
 
     def ledger(self, stage: str) -> Ledger:
         spec = REGISTRY[stage]
-        return Ledger(self.out, spec.ledger or spec.name)
+        return Ledger(self.out, spec.ledger or spec.name, self.on_corrupt)
 
     def index(self, columns: list[str] | None = None, ok_only: bool = True, faces: bool = True) -> pa.Table:
         """index.parquet's rows (ok ones by default), as the stages after `faces` see them once it ran:
@@ -57,7 +61,7 @@ class StageContext:
         path = self.out / INDEX
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run the ingest stage first")
-        face_rows = Ledger(self.out, "faces")
+        face_rows = Ledger(self.out, "faces", self.on_corrupt)
         if faces and face_rows.parts():
             t = pq.read_table(path)
             t = t.filter(pc.equal(t["status"], OK)) if ok_only else t

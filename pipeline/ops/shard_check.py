@@ -29,6 +29,7 @@ from pipeline.core.ledger import OK, Ledger, sha256_file
 from pipeline.data.arrays import load_npy
 from pipeline.data.labels import NUM_CLASSES
 from pipeline.data.wds import decode_key, iter_tar
+from pipeline.ops.findings import Problem, card_front_matter
 
 SHARD_RE = re.compile(r"^(.+)-(\d{6})\.tar$")
 PER_SHARD = 20  # problems listed per shard before "... and N more"
@@ -105,74 +106,90 @@ def check_sample(name: str, f: dict[str, bytes], split: str, resolution: int) ->
     return out
 
 
-def check_shards(out: Path, console: Console | None = None) -> tuple[list[str], int]:
-    """(problems, checks) for `out/shards`, with a progress bar on `console`; nothing when no shards."""
+def check_shards(out: Path, console: Console | None = None, depth: str = "full") -> tuple[list[str], int]:
+    """(problems, checks) for `out/shards`, with a progress bar on `console`; nothing when no shards.
+    `fast` re-hashes each shard and lists its members; `full` also decodes every field of every sample.
+    The problems are `verify.Problem`s: repair deletes a broken shard (the next run writes it again)
+    and redoes the samples whose fields are broken."""
     console = console or Console(stderr=True)
     with Progress(TextColumn("[bold]shards"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("shards", total=None)
-        problems, checks = _check_latents(out)
-        more, n = _check(out, lambda n: progress.advance(task, n), lambda t: progress.update(task, total=t))
-        return problems + more, checks + n
+        return _check(out, lambda n: progress.advance(task, n), lambda t: progress.update(task, total=t), depth)
 
 
-def _check_latents(out: Path) -> tuple[list[str], int]:
-    """Every ok latents row's file exists and still hashes to the recorded sha256."""
-    ledger = Ledger(out, "latents")
-    if not ledger.parts():
-        return [], 0
-    problems, checks = [], 0
-    for r in ledger.read(["key", "status", "vae", "file", "sha256"]).to_pylist():
-        if r["status"] != OK:
-            continue
-        checks += 1
-        path = out / r["file"]
-        if not path.exists():
-            problems.append(f"latents: {r['key']} ({r['vae']}): {r['file']} is missing")
-        elif sha256_file(path) != r["sha256"]:
-            problems.append(f"latents: {r['key']} ({r['vae']}): {r['file']} changed (sha256 differs)")
-    return problems, checks
+def check_card(out: Path) -> str | None:
+    """None when the dataset card exists and its YAML front matter parses, else the reason."""
+    card = out / "shards" / "README.md"
+    if not (out / "shards" / "index.json").exists():
+        return None  # the shard stage did not finish; check_shards says so
+    if not card.is_file():
+        return f"{card} (the dataset card) is missing"
+    try:
+        text = card.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{card} does not read ({type(e).__name__})"
+    if card_front_matter(text) is None:
+        return f"{card}: the YAML front matter is missing or does not parse"
+    return None
 
 
-def _check(out: Path, advance: Callable[[int], Any],
-           set_total: Callable[[int], Any]) -> tuple[list[str], int]:
-    shards, ledger = out / "shards", Ledger(out, "shards")
+def _check(out: Path, advance: Callable[[int], Any], set_total: Callable[[int], Any],
+           depth: str = "full") -> tuple[list[str], int]:
+    shards, ledger = out / "shards", Ledger(out, "shards", on_corrupt="skip")
+    repair = f"facecurate repair {out}"
     if not ledger.parts():
         return [], 0
     if not (shards / "index.json").exists():
-        return ["shards/index.json is missing: the last shard run did not finish; run it again"], 1
-    index = json.loads((shards / "index.json").read_text())
+        return [Problem("shards/index.json is missing: the last shard run did not finish; run it again",
+                        repair, "shard", keys=(), remove=None)], 1
+    try:
+        index = json.loads((shards / "index.json").read_text())
+        index["shards"], index["resolution"]  # noqa: B018 - the fields every check below needs
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        return [Problem(f"shards/index.json does not parse ({type(e).__name__}: {e})", repair, "shard",
+                        remove=shards / "index.json")], 1
     set_total(index.get("samples") or 0)
     problems, checks = [], 1
     listed = {e["name"] for e in index["shards"]}
     on_disk = {p.name for p in shards.iterdir() if SHARD_RE.match(p.name)}
-    problems += [f"shards/{n}: on disk but not in index.json" for n in sorted(on_disk - listed)]
+    problems += [Problem(f"shards/{n}: on disk but not in index.json", repair, "shard", remove=shards / n)
+                 for n in sorted(on_disk - listed)]
     seen: Counter = Counter()
     for e in index["shards"]:
         path, checks = shards / e["name"], checks + 1
         if not path.exists():
-            problems.append(f"shards/{e['name']}: listed in index.json but missing")
+            problems.append(Problem(f"shards/{e['name']}: listed in index.json but missing", repair, "shard",
+                                    remove=shards / "index.json"))
             continue
         if path.stat().st_size != e["bytes"] or sha256_file(path) != e["sha256"]:
-            problems.append(f"shards/{e['name']}: sha256 differs from index.json (corrupt or modified)")
+            problems.append(Problem(f"shards/{e['name']}: sha256 differs from index.json (corrupt or modified)",
+                                    repair, "shard", remove=path))
         found, n = [], 0
         try:
             for name, fields in iter_tar(path):
                 n, checks = n + 1, checks + 1
-                seen[decode_key(name)] += 1
-                found += [f"shards/{e['name']}: {decode_key(name)}: {p}"
-                          for p in check_sample(name, fields, e["split"], index["resolution"])]
+                key = decode_key(name)
+                seen[key] += 1
+                if depth == "full":
+                    found += [Problem(f"shards/{e['name']}: {key}: {p}", repair, "shard", keys=(key,), remove=path)
+                              for p in check_sample(name, fields, e["split"], index["resolution"])]
                 advance(1)
         except (tarfile.TarError, ValueError, OSError) as err:
-            found.append(f"shards/{e['name']}: unreadable after {n} samples ({err})")
+            found.append(Problem(f"shards/{e['name']}: unreadable after {n} samples ({err})", repair, "shard",
+                                 remove=path))
         if n != e["samples"]:
-            found.append(f"shards/{e['name']}: {n} samples, index.json says {e['samples']}")
-        problems += found[:PER_SHARD] + ([f"shards/{e['name']}: ... and {len(found) - PER_SHARD} more"]
+            found.append(Problem(f"shards/{e['name']}: {n} samples, index.json says {e['samples']}", repair,
+                                 "shard", remove=path))
+        problems += found[:PER_SHARD] + ([Problem(f"shards/{e['name']}: ... and {len(found) - PER_SHARD} more",
+                                                  repair, "shard", keys=tuple(k for p in found[PER_SHARD:]
+                                                                               for k in p.keys), remove=path)]
                                          if len(found) > PER_SHARD else [])
     checks += 1
     dups = sorted(k for k, c in seen.items() if c > 1)
     if dups:
-        problems.append(f"{len(dups)} key(s) in more than one sample, e.g. {dups[0]}")
+        problems.append(Problem(f"{len(dups)} key(s) in more than one sample, e.g. {dups[0]}", repair, "shard",
+                                remove=shards / "index.json"))
     t = ledger.read(["key", "status"])
     index_ok = set(pq.read_table(out / "index.parquet", columns=["key", "status"]).filter(
         pc.equal(pc.field("status"), OK))["key"].to_pylist())
@@ -182,8 +199,10 @@ def _check(out: Path, advance: Callable[[int], Any],
                         expected - set(seen)),
                        ("in a shard but not an ok key of the shard ledger", set(seen) - expected)):
         if keys:
-            problems.append(f"{len(keys)} key(s) {what}, e.g. {sorted(keys)[0]}")
+            problems.append(Problem(f"{len(keys)} key(s) {what}, e.g. {sorted(keys)[0]}", repair, "shard",
+                                    remove=shards / "index.json"))
     if sum(seen.values()) != index.get("samples"):
-        problems.append(f"index.json says {index.get('samples')} samples, "
-                        f"the shards hold {sum(seen.values())}")
+        problems.append(Problem(f"index.json says {index.get('samples')} samples, "
+                                f"the shards hold {sum(seen.values())}", repair, "shard",
+                                remove=shards / "index.json"))
     return problems, checks

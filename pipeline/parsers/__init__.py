@@ -29,7 +29,14 @@ __all__ = ["FARL_CELEBM_NAMES", "FARL_TO_CELEBAMASK", "PARSER_NAMES", "Parsed", 
 
 
 def load_parser(name: str, cfg: Any, device: str) -> Parser:
-    """Build parser `name` (`segformer`, `farl` or `smp`) from a `ParseConfig`."""
+    """Build parser `name` (`segformer`, `farl` or `smp`) from a `ParseConfig`; its forward passes
+    always take `cfg.batch_size` images (see `core.devices.batch_independent`)."""
+    parser = _build(name, cfg, device)
+    parser.forward_batch = max(1, int(getattr(cfg, "batch_size", 8)))
+    return parser
+
+
+def _build(name: str, cfg: Any, device: str) -> Parser:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load and timm deprecations inside facer
         _quiet_transformers()

@@ -125,6 +125,7 @@ class Parser:
     """
 
     name: str = ""
+    forward_batch: int = 8  # rows of every forward pass, whatever the batch (load_parser sets it)
 
     def __init__(self, device: str):
         self.device = device

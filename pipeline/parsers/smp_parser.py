@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.devices import torch_dtype
+from pipeline.core.devices import batch_independent, torch_dtype
 from pipeline.core.ledger import atomic_write_bytes
 from pipeline.data.labels import NAMES, NUM_CLASSES
 from pipeline.parsers.base import Parsed, Parser, logits_to_label
@@ -102,5 +102,5 @@ class SmpParser(Parser):
         m = self.meta
         x = preprocess(images, int(m["image_size"]), m["mean"], m["std"], self.device).to(self.dtype)
         with self._torch.inference_mode():
-            logits = self.net(x)  # (N, 19, size, size)
+            logits = batch_independent(self.net, x, self.forward_batch)  # (N, 19, size, size)
             return [Parsed(logits_to_label(lg, img.shape[:2])) for lg, img in zip(logits, images, strict=True)]

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.config import ConfigError, StageConfig, model_ref, volatile
+from pipeline.core.devices import batch_independent
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext, default_inputs
 from pipeline.data.arrays import npy_bytes, pack_npz
@@ -169,7 +170,8 @@ class LatentsStage(Stage):
         with self.torch.inference_mode():
             for i in range(0, len(x), step):
                 t = self.torch.from_numpy(x[i:i + step]).to(self.device, self.dtype)
-                mean = self.vaes[short].encode(t).latent_dist.mean
+                mean = batch_independent(lambda b: self.vaes[short].encode(b).latent_dist.mean, t,
+                                         self.cfg.batch_size)
                 out.append(mean.float().cpu().numpy().astype(np.float16))
         return np.concatenate(out)
 

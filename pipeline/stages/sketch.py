@@ -27,7 +27,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.core.config import StageConfig, must_exist, volatile
-from pipeline.core.devices import resolve_device, torch_dtype
+from pipeline.core.devices import batch_independent, resolve_device, torch_dtype
 from pipeline.core.identity import file_identity
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext
@@ -206,7 +206,9 @@ class SketchStage(Stage):
         if todo:
             x = self.torch.from_numpy(np.stack([normalise(c) for _, c, _, _ in todo]))
             with self.torch.inference_mode():
-                d0 = self.net(x.to(self.device, self.dtype))[0][:, 0].float().cpu().numpy()  # (N, S, S)
+                d0 = batch_independent(lambda b: self.net(b)[0], x.to(self.device, self.dtype),
+                                       self.cfg.batch_size)
+                d0 = d0[:, 0].float().cpu().numpy()  # (N, S, S)
             for (row, _, region, shape), fused in zip(todo, d0, strict=True):
                 drawing, flat = to_sketch(fused)
                 if flat:
