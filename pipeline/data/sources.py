@@ -4,8 +4,9 @@ Sources: `folder` (recursive), `celebamask-hq` (images + per-class mask PNGs + o
 `ffhq` (images1024x1024 + per-image license metadata), `webdataset` (existing tars) and `parquet`
 (an image-bytes column, e.g. a Hugging Face export). Each row gets a stable, filesystem-safe key
 `<source name>/<id>` and `_src`, the identity of its bytes (size, mtime, member), so a changed file is
-picked up again by the next run. Files that are not images are listed in `ingest/ignored.txt`, never
-silently skipped.
+picked up again by the next run. Files that are not images are listed in `ingest/ignored.tsv`, never
+silently skipped; so are symlinks that lead outside the source root (not followed unless
+`follow_external_symlinks`) and tar members that are not regular files (never followed).
 """
 
 from __future__ import annotations
@@ -104,28 +105,57 @@ def _stat_id(path: str) -> tuple[int, str]:
         return 0, f"missing:{e.errno}"
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, str]]:
+def _within(target: str, boundary: str) -> bool:
+    return target == boundary or os.path.commonpath([target, boundary]) == boundary
+
+
+def outside_link(path: str | Path, boundary: str, follow_external_symlinks: bool = False) -> str | None:
+    """Why `path` is not read, when a symlink takes it outside `boundary` (a resolved folder); else None.
+
+    Resolving the whole path catches chains of links and links inside linked folders alike."""
+    if follow_external_symlinks:
+        return None
+    target = os.path.realpath(path)
+    if _within(target, boundary):
+        return None
+    return f"symlink to {target} outside the source root; set follow_external_symlinks: true to read it"
+
+
+def walk_files(root: Path, ignored: list[tuple[str, str]] | None = None, *, boundary: Path | None = None,
+               follow_external_symlinks: bool = False) -> Iterator[tuple[str, str]]:
     """(path, path relative to root) for every file below root; each real folder is entered once,
-    so symlink loops end; broken symlinks are yielded too (they become `unreadable` rows)."""
+    so symlink loops end; broken symlinks are yielded too (they become `unreadable` rows).
+
+    A symlink that resolves outside `boundary` (default: root) is not followed, so a link to /etc
+    cannot put a system file into the index; it goes to `ignored` with the reason, as does a folder
+    that cannot be listed."""
+    ignored = [] if ignored is None else ignored
+    fence = os.path.realpath(boundary if boundary is not None else root)
+    why = outside_link(root, fence, follow_external_symlinks)
+    if why:
+        ignored.append((str(root), why))
+        return
     seen: set[tuple[int, int]] = set()
     queue = [(str(root), "")]
     while queue:
         d, rel = queue.pop(0)
         try:
             st = os.stat(d)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        try:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+        except OSError as e:
+            ignored.append((d, f"cannot list this folder ({e.strerror or e}); its files are not read"))
             continue
         for e in entries:
             sub = f"{rel}{e.name}"
             try:
+                why = outside_link(e.path, fence, follow_external_symlinks) if e.is_symlink() else None
+                if why:
+                    ignored.append((e.path, why))
+                    continue
                 if e.is_dir(follow_symlinks=True):
                     queue.append((e.path, sub + "/"))
                     continue
@@ -167,9 +197,9 @@ def _dedupe_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["key"])
 
 
-def scan_folder(root: Path, source: str) -> Scan:
+def scan_folder(root: Path, source: str, *, follow_external_symlinks: bool = False) -> Scan:
     rows, ignored = [], []
-    for path, rel in walk_files(root):
+    for path, rel in walk_files(root, ignored, follow_external_symlinks=follow_external_symlinks):
         kind = _classify(rel)
         if kind is None:
             ignored.append((path, "not an image file"))
@@ -180,13 +210,25 @@ def scan_folder(root: Path, source: str) -> Scan:
     return Scan(_dedupe_keys(rows), ignored)
 
 
-def _celeba_split(root: Path) -> dict[int, str]:
+def _metadata_file(path: Path, fence: str, follow: bool, ignored: list[tuple[str, str]]) -> bool:
+    """True when a source's metadata file exists and may be read (not a link outside the root)."""
+    if not path.is_file():
+        return False
+    why = outside_link(path, fence, follow)
+    if why:
+        ignored.append((str(path), why))
+    return why is None
+
+
+def _celeba_split(root: Path, follow: bool, ignored: list[tuple[str, str]]) -> dict[int, str]:
     """CelebA-HQ index -> split from the official files, when both are present."""
+    fence = os.path.realpath(root)
     mapping, partition = root / "CelebA-HQ-to-CelebA-mapping.txt", None
     for name in ("list_eval_partition.txt", "list_eval_partition.csv"):
         if (root / name).is_file():
             partition = root / name
-    if not mapping.is_file() or partition is None:
+    if not _metadata_file(mapping, fence, follow, ignored) or partition is None \
+            or not _metadata_file(partition, fence, follow, ignored):
         return {}
     part_of: dict[str, str] = {}
     for line in partition.read_text().splitlines():
@@ -201,18 +243,20 @@ def _celeba_split(root: Path) -> dict[int, str]:
     return out
 
 
-def scan_celebamask(root: Path, source: str) -> Scan:
+def scan_celebamask(root: Path, source: str, *, follow_external_symlinks: bool = False) -> Scan:
     img_dir = root / CELEBA_IMG_DIR
     anno = next((root / d for d in CELEBA_ANNO_DIRS if (root / d).is_dir()), None)
     masks: dict[int, dict[str, str]] = defaultdict(dict)
+    rows: list[dict[str, Any]] = []
+    ignored: list[tuple[str, str]] = []
+    walk = {"boundary": root, "follow_external_symlinks": follow_external_symlinks}
     if anno is not None:
-        for path, rel in walk_files(anno):
+        for path, rel in walk_files(anno, ignored, **walk):
             m = re.match(r"^(\d+)_([a-z_]+)\.png$", os.path.basename(rel))
             if m:
                 masks[int(m.group(1))][m.group(2)] = path
-    split = _celeba_split(root)
-    rows, ignored = [], []
-    for path, rel in walk_files(img_dir):
+    split = _celeba_split(root, follow_external_symlinks, ignored)
+    for path, rel in walk_files(img_dir, ignored, **walk):
         kind = _classify(rel)
         stem = Path(rel).stem
         if kind is None or not stem.isdigit():
@@ -228,16 +272,17 @@ def scan_celebamask(root: Path, source: str) -> Scan:
     return Scan(_dedupe_keys(rows), ignored)
 
 
-def scan_ffhq(root: Path, source: str) -> Scan:
+def scan_ffhq(root: Path, source: str, *, follow_external_symlinks: bool = False) -> Scan:
     meta: dict[str, dict[str, Any]] = {}
-    if (root / FFHQ_JSON).is_file():
+    rows: list[dict[str, Any]] = []
+    ignored: list[tuple[str, str]] = []
+    if _metadata_file(root / FFHQ_JSON, os.path.realpath(root), follow_external_symlinks, ignored):
         for entry in json.loads((root / FFHQ_JSON).read_text()).values():
             fp = entry.get("image", {}).get("file_path")
             if fp:
                 meta[PurePosixPath(fp).stem] = entry
     img_root = root / "images1024x1024" if (root / "images1024x1024").is_dir() else root
-    rows, ignored = [], []
-    for path, rel in walk_files(img_root):
+    for path, rel in walk_files(img_root, ignored, boundary=root, follow_external_symlinks=follow_external_symlinks):
         kind = _classify(rel)
         if kind is None:
             ignored.append((path, "not an image file"))
@@ -253,13 +298,44 @@ def scan_ffhq(root: Path, source: str) -> Scan:
     return Scan(_dedupe_keys(rows), ignored)
 
 
-def _files_with(root: Path, suffix: str) -> list[Path]:
-    return [root] if root.is_file() else sorted(p for p in root.rglob(f"*{suffix}") if p.is_file())
+def _files_with(root: Path, suffix: str, ignored: list[tuple[str, str]], follow: bool) -> list[Path]:
+    """The source file itself, or every `*suffix` file below the folder; other files go to `ignored`."""
+    if root.is_file():
+        return [root]
+    found = []
+    for path, _rel in walk_files(root, ignored, follow_external_symlinks=follow):
+        if not path.endswith(suffix):
+            ignored.append((path, f"not a {suffix} file"))
+        elif os.path.isfile(path):
+            found.append(Path(path))
+        else:
+            ignored.append((path, "not a readable file (a broken symlink?); not read"))
+    return sorted(found)
 
 
-def scan_webdataset(root: Path, source: str) -> Scan:
-    rows, ignored = [], []
-    for tar_path in _files_with(root, ".tar"):
+def _not_regular(m: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not read (links are never followed), or None for a regular file."""
+    if m.issparse():  # its bytes are not stored in one run, so reading them at offset_data is wrong
+        what = "a sparse file"
+    elif m.isfile():
+        return None
+    elif m.issym():
+        what = f"a symlink (to {m.linkname})"
+    elif m.islnk():
+        what = f"a hardlink (to {m.linkname})"
+    elif m.ischr() or m.isblk():
+        what = "a device"
+    elif m.isfifo():
+        what = "a fifo"
+    else:
+        what = f"of tar type {m.type!r}"
+    return f"tar member is {what}, not a regular file; not read"
+
+
+def scan_webdataset(root: Path, source: str, *, follow_external_symlinks: bool = False) -> Scan:
+    rows: list[dict[str, Any]] = []
+    ignored: list[tuple[str, str]] = []
+    for tar_path in _files_with(root, ".tar", ignored, follow_external_symlinks):
         stem = tar_path.stem
         size, tar_id = _stat_id(str(tar_path))
         samples: dict[str, list[tarfile.TarInfo]] = defaultdict(list)
@@ -267,9 +343,14 @@ def scan_webdataset(root: Path, source: str) -> Scan:
         try:
             with tarfile.open(tar_path) as tf:
                 for m in tf:
-                    if m.isfile():
-                        base = PurePosixPath(m.name)
-                        samples[str(base.parent / base.name.split(".", 1)[0])].append(m)
+                    if m.isdir():
+                        continue
+                    why = _not_regular(m)
+                    if why:
+                        ignored.append((f"{tar_path}#{m.name}", why))
+                        continue
+                    base = PurePosixPath(m.name)
+                    samples[str(base.parent / base.name.split(".", 1)[0])].append(m)
         except (tarfile.TarError, OSError, EOFError) as e:
             error = f"{type(e).__name__}: {e}"
         for sample, members in sorted(samples.items()):
@@ -289,24 +370,43 @@ def scan_webdataset(root: Path, source: str) -> Scan:
     return Scan(_dedupe_keys(rows), ignored)
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _holds_images(t: pa.DataType) -> bool:
+    if _is_binary(t):
+        return True
+    i = t.get_field_index("bytes") if pa.types.is_struct(t) else -1
+    return i >= 0 and _is_binary(t.field(i).type)
+
+
 def image_column(schema: pa.Schema, wanted: str | None) -> str:
-    """The column that holds encoded images: binary, or a struct with a `bytes` field (HF `Image`)."""
+    """The column that holds encoded images: binary, or a struct with a binary `bytes` field (HF `Image`).
+
+    A named column is type-checked here: reading an integer cell as bytes would allocate that many
+    zero bytes, so a tiny file could exhaust memory."""
     if wanted:
         if wanted not in schema.names:
             raise ValueError(f"image_column {wanted!r} is not in the parquet columns: {', '.join(schema.names)}")
+        t = schema.field(wanted).type
+        if not _holds_images(t):
+            shown = str(t) if len(str(t)) <= 80 else str(t)[:77] + "..."
+            raise ValueError(f"image_column {wanted!r} has type {shown}; expected binary, large_binary "
+                             "or a struct with a binary 'bytes' field")
         return wanted
     for f in schema:
-        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
-            return f.name
-        if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0:
+        if _holds_images(f.type):
             return f.name
     raise ValueError(f"no image column (binary, or struct with 'bytes') among: {', '.join(schema.names)}; "
                      "set image_column")
 
 
-def scan_parquet(root: Path, source: str, wanted: str | None, id_column: str | None) -> Scan:
-    rows = []
-    for path in _files_with(root, ".parquet"):
+def scan_parquet(root: Path, source: str, wanted: str | None, id_column: str | None, *,
+                 follow_external_symlinks: bool = False) -> Scan:
+    rows: list[dict[str, Any]] = []
+    ignored: list[tuple[str, str]] = []
+    for path in _files_with(root, ".parquet", ignored, follow_external_symlinks):
         _, file_id = _stat_id(str(path))
         try:
             pf = pq.ParquetFile(path)
@@ -320,7 +420,7 @@ def scan_parquet(root: Path, source: str, wanted: str | None, id_column: str | N
         for i, ident in enumerate(ids):
             rows.append(_row(make_key(source, f"{path.stem}/{ident}"), source, "parquet", str(path), 0,
                              f"{file_id}:{i}", member=f"{col}:{i}"))
-    return Scan(_dedupe_keys(rows), [])
+    return Scan(_dedupe_keys(rows), ignored)
 
 
 def read_bytes(row: dict[str, Any], cache: dict[str, Any] | None = None) -> bytes:
@@ -358,6 +458,8 @@ def _parquet_cell(path: str, col: str, idx: int, cache: dict[str, Any]) -> bytes
                 value = value.get("bytes")
             if not value:
                 raise ValueError(f"row {idx} has no image bytes in column {col!r}")
-            return bytes(value)
+            if not isinstance(value, bytes):  # never bytes(int): that allocates int zero bytes
+                raise ValueError(f"row {idx} of column {col!r} holds {type(value).__name__}, not image bytes")
+            return value
         start += n
     raise IndexError(f"row {idx} is past the end of {path}")

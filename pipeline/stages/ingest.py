@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.config import ConfigError, StageConfig, must_exist, volatile
-from pipeline.core.ledger import OK, atomic_write_bytes, atomic_write_table
-from pipeline.core.stage import INDEX, Stage, StageContext
+from pipeline.core.ledger import OK, atomic_write_bytes, atomic_write_table, sha256_file
+from pipeline.core.stage import INDEX, INDEX_SHA, Stage, StageContext
 from pipeline.data.images import FORMAT_EXT, SWAPS_AXES, exif_orientation
 from pipeline.data.labels import merge_binary_masks
 from pipeline.data.sources import (
@@ -61,6 +61,8 @@ class SourceConfig:
         image_column: parquet column with image bytes (default: the first binary or `{bytes}` column).
         id_column: parquet column to build keys from (default: row number).
         license: license recorded for every image of this source (FFHQ's per-image license wins).
+        follow_external_symlinks: read symlinks that lead outside `path`; by default they are listed in
+            `ingest/ignored.tsv` and not read, so a stray link (to /etc, a home folder) leaks nothing.
     """
 
     path: Path = must_exist()
@@ -69,6 +71,7 @@ class SourceConfig:
     image_column: str | None = None
     id_column: str | None = None
     license: str | None = None
+    follow_external_symlinks: bool = False
 
     def resolved_type(self) -> str:
         return detect_type(self.path) if self.type == "auto" else self.type
@@ -136,20 +139,26 @@ def scan(cfg: IngestConfig) -> Scan:
 
 def _scan_one(src: SourceConfig) -> Scan:
     kind, name = src.resolved_type(), src.resolved_name()
+    follow = {"follow_external_symlinks": src.follow_external_symlinks}
     if kind == "folder":
-        s = scan_folder(src.path, name)
+        s = scan_folder(src.path, name, **follow)
     elif kind == "celebamask-hq":
-        s = scan_celebamask(src.path, name)
+        s = scan_celebamask(src.path, name, **follow)
     elif kind == "ffhq":
-        s = scan_ffhq(src.path, name)
+        s = scan_ffhq(src.path, name, **follow)
     elif kind == "webdataset":
-        s = scan_webdataset(src.path, name)
+        s = scan_webdataset(src.path, name, **follow)
     else:
-        s = scan_parquet(src.path, name, src.image_column, src.id_column)
+        s = scan_parquet(src.path, name, src.image_column, src.id_column, **follow)
     if src.license:
         for r in s.rows:
             r["license"] = r["license"] or src.license
     return s
+
+
+def _tsv(text: str) -> str:
+    """A tab or newline in a file name would break the line into wrong fields: escape them."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def jpeg_complete(data: bytes) -> bool:
@@ -173,10 +182,11 @@ def jpeg_complete(data: bytes) -> bool:
 
 
 def _describe(data: bytes) -> str:
+    """What unidentified bytes look like, without quoting them: the index must not carry file content."""
     head = data[:32]
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return f"content is text, not an image (starts {head.decode(errors='replace')[:24]!r})"
-    return f"content is not a known image format (starts {head[:8].hex(' ')})"
+        return "content is text, not an image"
+    return f"content is not a known image format (magic bytes {head[:4].hex(' ')})"
 
 
 # PIL warns between MAX_IMAGE_PIXELS and twice that; inspect_image checks the size itself, right after
@@ -286,7 +296,8 @@ class IngestStage(Stage):
             else:  # materialise container members once so every later stage reads a plain file
                 rel = f"images/{row['key']}{FORMAT_EXT[info['format']]}"
                 dest = self.ctx.out / rel
-                if not (dest.exists() and dest.stat().st_size == len(data)):
+                # rewrite unless the file holds exactly these bytes (a damaged copy of the same size too)
+                if not (dest.exists() and dest.stat().st_size == len(data) and sha256_file(dest) == out["sha256"]):
                     atomic_write_bytes(dest, data)
                 out["path"] = rel
             if row["gt_masks"]:
@@ -315,8 +326,10 @@ class IngestStage(Stage):
     @classmethod
     def inputs(cls, cfg: IngestConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
         found = scan(cfg)
-        lines = [f"{path}\t{why}" for path, why in found.ignored]
-        atomic_write_bytes(ctx.out / "ingest" / "ignored.tsv", ("\n".join(lines) + "\n" if lines else "").encode())
+        lines = [f"{_tsv(path)}\t{_tsv(why)}" for path, why in found.ignored]
+        text = "\n".join(lines) + "\n" if lines else ""
+        # surrogateescape writes a non-UTF-8 file name back as its original bytes instead of failing
+        atomic_write_bytes(ctx.out / "ingest" / "ignored.tsv", text.encode(errors="surrogateescape"))
         return pa.Table.from_pylist(found.rows, schema=SCAN_SCHEMA)
 
     @classmethod
@@ -337,4 +350,6 @@ class IngestStage(Stage):
         table = table.set_column(table.schema.get_field_index("status"), "status", status)
         table = table.set_column(table.schema.get_field_index("error"), "error", error)
         table = table.append_column("duplicate_of", pc.if_else(dup, twin, pa.scalar(None, pa.string())))
-        atomic_write_table(table.drop_columns(["_fp"]), ctx.out / INDEX)
+        sha = atomic_write_table(table.drop_columns(["_fp"]), ctx.out / INDEX)
+        # `sha256sum -c ingest/index.sha256` (run in OUT) and `verify` check the index against it
+        atomic_write_bytes(ctx.out / INDEX_SHA, f"{sha}  {INDEX}\n".encode())

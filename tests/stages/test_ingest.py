@@ -230,3 +230,116 @@ def test_a_broken_parquet_file_is_a_row_and_a_missing_image_column_is_one_line(t
     pq.write_table(pa.table({"text": ["no images here"]}), tmp_path / "t.parquet")
     with pytest.raises(ConfigError, match=r"sources\[0\] .*no image column"):
         ingest(tmp_path / "out2", [{"path": str(tmp_path / "t.parquet")}])
+
+
+def ignored_tsv(out: Path) -> dict[str, str]:
+    lines = (out / "ingest" / "ignored.tsv").read_text().splitlines()
+    return dict(ln.split("\t", 1) for ln in lines)
+
+
+def test_symlinks_outside_the_source_root_are_listed_and_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "faces").mkdir(parents=True)
+    (outside / "shadow").write_text("root:TOPSECRET-HASH:19000:0:99999:7:::\n")  # stands in for /etc/shadow
+    (outside / "faces" / "far.jpg").write_bytes(jpeg_bytes((0, 0, 200)))
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jpg").write_bytes(jpeg_bytes((200, 0, 0)))
+    (src / "leak.jpg").symlink_to(outside / "shadow")
+    (src / "hop.jpg").symlink_to("leak.jpg")  # a link inside the root to a link that leaves it
+    (src / "elsewhere").symlink_to(outside / "faces", target_is_directory=True)
+    (src / "inner.jpg").symlink_to("a.jpg")  # links within the root keep working
+    (src / "sub" / "up").symlink_to("..", target_is_directory=True)  # and loops still end
+    out = tmp_path / "out"
+    rows = ingest(out, [{"path": str(src), "name": "src"}])
+    assert sorted(rows) == ["src/a", "src/inner"]
+    ignored = ignored_tsv(out)
+    assert sorted(ignored) == sorted(str(src / n) for n in ("elsewhere", "hop.jpg", "leak.jpg"))
+    assert ignored[str(src / "leak.jpg")] == (f"symlink to {outside / 'shadow'} outside the source root; "
+                                              "set follow_external_symlinks: true to read it")
+    assert "TOPSECRET" not in (out / "index.parquet").read_bytes().decode(errors="replace")
+
+    out2 = tmp_path / "out2"
+    rows = ingest(out2, [{"path": str(src), "name": "src", "follow_external_symlinks": True}])
+    assert sorted(rows) == ["src/a", "src/elsewhere/far", "src/hop", "src/inner", "src/leak"]
+    assert rows["src/elsewhere/far"]["status"] == "ok"
+    assert rows["src/leak"]["status"] == "decode_error"
+    assert rows["src/leak"]["error"] == "content is text, not an image"  # never the content itself
+    assert ignored_tsv(out2) == {}
+
+
+def test_celebamask_and_ffhq_scanners_do_not_follow_links_out_of_their_root(tmp_path):
+    from pipeline.data.sources import scan_celebamask, scan_ffhq
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.jpg").write_bytes(jpeg_bytes((1, 2, 3)))
+    (outside / "meta.json").write_text('{"0": {"image": {"file_path": "images1024x1024/00000.png"}}}')
+    ffhq = tmp_path / "ffhq"
+    (ffhq / "images1024x1024").mkdir(parents=True)
+    (ffhq / "images1024x1024" / "00000.jpg").write_bytes(jpeg_bytes((5, 5, 5)))
+    (ffhq / "images1024x1024" / "00001.jpg").symlink_to(outside / "x.jpg")
+    (ffhq / "ffhq-dataset-v2.json").symlink_to(outside / "meta.json")
+    s = scan_ffhq(ffhq, "ffhq")
+    assert [r["key"] for r in s.rows] == ["ffhq/00000"]
+    assert sorted(p for p, _ in s.ignored) == sorted(
+        str(p) for p in (ffhq / "ffhq-dataset-v2.json", ffhq / "images1024x1024" / "00001.jpg"))
+    assert all("outside the source root" in why for _, why in s.ignored)
+    assert len(scan_ffhq(ffhq, "ffhq", follow_external_symlinks=True).rows) == 2
+
+    celeba = tmp_path / "celeba"
+    (celeba / "CelebA-HQ-img").mkdir(parents=True)
+    (celeba / "CelebAMask-HQ-mask-anno" / "0").mkdir(parents=True)
+    (celeba / "CelebA-HQ-img" / "0.jpg").write_bytes(jpeg_bytes((7, 7, 7)))
+    (celeba / "CelebA-HQ-img" / "1.jpg").symlink_to(outside / "x.jpg")
+    (celeba / "CelebAMask-HQ-mask-anno" / "0" / "00000_hair.png").symlink_to(outside / "x.jpg")
+    s = scan_celebamask(celeba, "celebahq")
+    assert [(r["key"], r["gt_masks"]) for r in s.rows] == [("celebahq/0", None)]
+    assert sorted(p for p, _ in s.ignored) == sorted(
+        str(p) for p in (celeba / "CelebA-HQ-img" / "1.jpg", celeba / "CelebAMask-HQ-mask-anno" / "0" / "00000_hair.png"))
+
+
+def test_a_named_image_column_must_hold_bytes_and_a_non_bytes_cell_is_a_row_error(tmp_path):
+    from pipeline.core.config import ConfigError
+    from pipeline.data.sources import read_bytes
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({
+        "n": pa.array([10**12], pa.int64()),  # bytes(10**12) would ask for a terabyte
+        "s": ["not bytes"],
+        "odd": pa.array([{"bytes": 3}], pa.struct([("bytes", pa.int64())])),
+    }), path)
+    for col, shown in (("n", "int64"), ("s", "string"), ("odd", "struct<bytes: int64>")):
+        with pytest.raises(ConfigError, match=rf"sources\[0\] .*image_column '{col}' has type {re.escape(shown)}; "
+                                              r"expected binary, large_binary or a struct"):
+            ingest(tmp_path / f"out-{col}", [{"path": str(path), "image_column": col}])
+    with pytest.raises(ValueError, match="row 0 of column 'n' holds int, not image bytes"):
+        read_bytes({"kind": "parquet", "path": str(path), "member": "n:0"})
+
+
+def test_tar_members_that_are_not_regular_files_are_listed_and_never_followed(tmp_path):
+    src = tmp_path / "wds"
+    src.mkdir()
+    tar_path = src / "shard.tar"
+    with tarfile.open(tar_path, "w") as tf:
+        d = tarfile.TarInfo("sub")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        add(tf, "sub/a.jpg", jpeg_bytes((9, 9, 9)))
+        specials = [("link.jpg", tarfile.SYMTYPE, "/etc/shadow"), ("hard.jpg", tarfile.LNKTYPE, "sub/a.jpg"),
+                    ("pipe.jpg", tarfile.FIFOTYPE, ""), ("tty.jpg", tarfile.CHRTYPE, "")]
+        for name, kind, link in specials:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            tf.addfile(info)
+    (src / "notes.txt").write_text("not a shard")
+    out = tmp_path / "out"
+    rows = ingest(out, [{"path": str(src), "type": "webdataset"}])
+    assert sorted(rows) == ["wds/shard/sub/a"] and rows["wds/shard/sub/a"]["status"] == "ok"
+    assert ignored_tsv(out) == {
+        f"{tar_path}#link.jpg": "tar member is a symlink (to /etc/shadow), not a regular file; not read",
+        f"{tar_path}#hard.jpg": "tar member is a hardlink (to sub/a.jpg), not a regular file; not read",
+        f"{tar_path}#pipe.jpg": "tar member is a fifo, not a regular file; not read",
+        f"{tar_path}#tty.jpg": "tar member is a device, not a regular file; not read",
+        str(src / "notes.txt"): "not a .tar file",
+    }
