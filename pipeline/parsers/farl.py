@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.devices import batch_independent
 from pipeline.parsers.base import FARL_CELEBM_NAMES, FARL_TO_CELEBAMASK, Parsed, Parser, logits_to_label
 
 FARL_SIZE = 448
@@ -98,7 +99,8 @@ class FarlParser(Parser):
             todo = [i for i, a in enumerate(aligned) if a]
             if todo:
                 batch = torch.cat([self._tensor(images[i], FARL_SIZE) for i in todo])
-                logits, _, _ = self.net.forward_warped(batch)  # (N, 19, 448, 448) in FaRL order
+                logits = batch_independent(lambda b: self.net.forward_warped(b)[0], batch,  # (N, 19, 448, 448)
+                                           self.forward_batch)  # in FaRL's label order
                 for i, lg in zip(todo, logits, strict=True):
                     out[i] = Parsed(logits_to_label(lg, images[i].shape[:2], FARL_TO_CELEBAMASK))
             for i in (i for i, a in enumerate(aligned) if not a):
@@ -119,19 +121,21 @@ class FarlParser(Parser):
         except RuntimeError as e:
             return Parsed(None, "no_detector", str(e))
         x = self._tensor(img)
-        scale = 1.0
-        if self.detector_size and max(img.shape[:2]) > self.detector_size:
+        h, w = img.shape[:2]
+        small = x
+        if self.detector_size and max(h, w) > self.detector_size:
             # RetinaFace trains on 640 px crops: a subject's face is found as well at that size, for a
-            # fraction of the cost of a multi-megapixel photo.
-            scale = max(img.shape[:2]) / self.detector_size
-            size = (round(img.shape[0] / scale), round(img.shape[1] / scale))
+            # fraction of the cost of a multi-megapixel photo. A 1 x 30000 strip would round its short
+            # side to 0 px, so each side keeps at least 1 px and gets its own scale back.
+            scale = max(h, w) / self.detector_size
+            size = (max(1, round(h / scale)), max(1, round(w / scale)))
             small = self._torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
-            faces = detector(small * 255.0)  # 0..255 RGB, as facer's own examples pass it
-        else:
-            faces = detector(x * 255.0)
+        faces = detector(small * 255.0)  # 0..255 RGB, as facer's own examples pass it
         if faces["rects"].numel() == 0:
             return Parsed(None, "no_face", f"RetinaFace found no face with score >= {self.threshold}")
-        faces["rects"], faces["points"] = faces["rects"] * scale, faces["points"] * scale
+        sy, sx = h / small.shape[2], w / small.shape[3]
+        faces["rects"] = faces["rects"] * faces["rects"].new_tensor([sx, sy, sx, sy])
+        faces["points"] = faces["points"] * faces["points"].new_tensor([sx, sy])
         rects = faces["rects"]
         areas = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
         j = int(areas.argmax())  # the largest face is the subject; ties go to the first (highest score)

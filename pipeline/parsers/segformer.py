@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from pipeline.core.devices import torch_dtype
+from pipeline.core.devices import batch_independent, torch_dtype
 from pipeline.parsers.base import Parsed, Parser, check_label_space, logits_to_label
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,10 @@ class SegformerParser(Parser):
         if not images:
             return []
         torch = self._torch
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        # said outright: the processor guesses channels-first for any image 1 or 3 pixels high
+        pixels = self.processor(images=images, return_tensors="pt",
+                                input_data_format="channels_last")["pixel_values"]
         with torch.inference_mode():
-            logits = self.net(pixel_values=pixels.to(self.device, self.dtype)).logits  # (N, 19, h/4, w/4)
+            logits = batch_independent(lambda p: self.net(pixel_values=p).logits,  # (N, 19, h/4, w/4)
+                                       pixels.to(self.device, self.dtype), self.forward_batch)
             return [Parsed(logits_to_label(lg, img.shape[:2])) for lg, img in zip(logits, images, strict=True)]

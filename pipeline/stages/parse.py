@@ -1,10 +1,15 @@
 """Parse: 19-class CelebAMask-HQ label maps from one or more face parsers, with their agreement.
 
 Ledger `parse/`: one row per (key, parser) with `parser`, `primary`, `class_pixels` (19 int64 counts at
-the image's size), `agreement` (mIoU against the other parser; null with one parser) and `mask`. The
-primary parser's map is written to `masks/<key>.png` (PIL mode "L", ids 0..18, the image's size).
-When the configured primary fails on a key (FaRL finds no face in an unaligned photo) the next parser
-that succeeded takes its place for that key, so `primary` always marks the row whose map is in `masks/`.
+the image's size), `agreement` (mIoU against the other parser; null with one parser), `mask` and
+`fallback_for`. The primary parser's map is written to `masks/<key>.png` (PIL mode "L", ids 0..18, the
+image's size). When the configured primary fails on a key (FaRL finds no face in an unaligned photo, or
+raises) the next parser that succeeded takes its place for that key: `primary` always marks the row whose
+map is in `masks/`, and that row's `fallback_for` names the configured primary it stands in for.
+
+Each parser runs in isolation: one that raises on a batch is retried image by image, and an image it
+still raises on becomes that parser's `parser_error` row, so the other parsers' maps for the key are kept
+(the runner would otherwise replace every row of the key with one `stage_error`).
 
 Agreement: each row's mIoU (over classes present in either map) against the primary's map; the primary
 row's against the next parser's. Filter on the `agreement` column to drop or review keys where the
@@ -13,13 +18,15 @@ other parsers' maps go to `parser_masks/<parser>/<key>.png` (outside `parse/`, w
 parts so the folder reads as one dataset).
 
 Reason codes: `decode_error` (the image no longer decodes), `no_face` (FaRL's detector found none),
-`no_detector` (an unaligned photo and no RetinaFace weights), `stage_error` (anything else).
+`no_detector` (an unaligned photo and no RetinaFace weights), `parser_error` (that parser raised on the
+image; the error names it), `stage_error` (anything else, e.g. a mask that cannot be written).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -30,12 +37,16 @@ from PIL import Image
 
 from pipeline.core.config import StageConfig, model_ref, must_exist, volatile
 from pipeline.core.devices import resolve_device
+from pipeline.core.files import is_disk_full
 from pipeline.core.identity import file_identity
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext
 from pipeline.data.images import load_rgb
 from pipeline.data.labels import class_pixel_counts
 from pipeline.parsers import PARSER_NAMES, Parsed, load_parser, mean_iou
+
+log = logging.getLogger(__name__)
+PARSER_ERROR = "parser_error"
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,7 @@ class ParseStage(Stage):
 
     schema: ClassVar[pa.Schema] = pa.schema([
         ("parser", pa.string()), ("primary", pa.bool_()), ("class_pixels", pa.list_(pa.int64())),
-        ("agreement", pa.float64()), ("mask", pa.string()),
+        ("agreement", pa.float64()), ("mask", pa.string()), ("fallback_for", pa.string()),
     ])
     version: ClassVar[str] = "1"
 
@@ -135,14 +146,30 @@ class ParseStage(Stage):
                 ok_keys.append(key)
             except Exception as e:  # noqa: BLE001 - a file that stopped decoding is a row, not a crash
                 rows += [self._row(key, p, "decode_error", f"{type(e).__name__}: {e}") for p in cfg.parsers]
-        results = {name: parser(images, aligned) for name, parser in self.parsers.items()}
+        results = {name: self._parse(name, images, aligned) for name in cfg.parsers}
         for i, key in enumerate(ok_keys):
             rows += self._key_rows(key, {name: results[name][i] for name in cfg.parsers})
         return {c: [r.get(c) for r in rows] for c in ["key", "status", "error", *self.schema.names]}
 
+    def _parse(self, name: str, images: list[np.ndarray], aligned: list[bool]) -> list[Parsed]:
+        """One parser over the batch; if it raises, image by image, so only the images it fails on lose
+        this parser's map (a full disk still stops the run: it is no image's fault)."""
+        try:
+            return self.parsers[name](images, aligned)
+        except Exception as e:  # noqa: BLE001 - a parser failure is this parser's row, not the key's
+            if is_disk_full(e):
+                raise
+            if len(images) <= 1:
+                msg = f"{name}: {type(e).__name__}: {e}".strip().splitlines()[0][:500]
+                return [Parsed(None, PARSER_ERROR, msg)] * len(images)
+            log.warning("parser %s failed on a batch of %d (%s); parsing its images one by one",
+                        name, len(images), type(e).__name__)
+        return [self._parse(name, [img], [a])[0] for img, a in zip(images, aligned, strict=True)]
+
     def _key_rows(self, key: str, parsed: dict[str, Parsed]) -> list[dict[str, Any]]:
         ok = [n for n in self.cfg.parsers if parsed[n].status == OK]
         primary = self.cfg.primary if self.cfg.primary in ok else (ok[0] if ok else None)
+        fallback_for = self.cfg.primary if primary not in (None, self.cfg.primary) else None
         if primary is None:  # no parser succeeded: a mask left by an earlier run must not pass for this one's
             (self.ctx.out / "masks" / f"{key}.png").unlink(missing_ok=True)
         rows = []
@@ -161,13 +188,14 @@ class ParseStage(Stage):
             other = primary if name != primary else next((n for n in ok if n != primary), None)
             agreement = mean_iou(label, parsed[other].label) if other else None
             rows.append({**self._row(key, name, OK, ""), "primary": name == primary, "mask": mask,
-                         "class_pixels": class_pixel_counts(label).tolist(), "agreement": agreement})
+                         "class_pixels": class_pixel_counts(label).tolist(), "agreement": agreement,
+                         "fallback_for": fallback_for if name == primary else None})
         return rows
 
     @staticmethod
     def _row(key: str, parser: str, status: str, error: str) -> dict[str, Any]:
         return {"key": key, "status": status, "error": error, "parser": parser, "primary": False,
-                "class_pixels": None, "agreement": None, "mask": None}
+                "class_pixels": None, "agreement": None, "mask": None, "fallback_for": None}
 
     @classmethod
     def fingerprint(cls, cfg: ParseConfig) -> str:

@@ -164,6 +164,76 @@ def test_unaligned_photo_goes_through_detector_and_warp(models, demo_data, tmp_p
     assert res.label.max() <= 18 and (res.label == 0).any()  # outside the warped face: background
 
 
+@pytest.mark.parametrize("shape", [(1, 3000), (2000, 1)])
+def test_extreme_aspect_ratios_in_every_parser(models, shape):
+    """A 1-pixel strip: FaRL's detector downscale used to round its short side to 0 and Segformer's processor
+    took a 1-pixel-high image for channels-first; every path now returns a map at the image's own size."""
+    from pipeline.parsers.farl import FarlParser
+    from pipeline.parsers.segformer import SegformerParser
+
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    seg = SegformerParser(models["segformer_model"], "cpu")
+    # a threshold the random tiny detector passes on noise, so the detect-warp-unwarp path runs too
+    farl = FarlParser(models["farl_model"], models["farl_detector"], "cpu", threshold=0.05, detector_size=640)
+    results = [*seg([img], [False]), *farl([img, img], [True, False])]
+    for res in results:
+        assert res.status == "ok", res.error
+        assert res.label.shape == shape and res.label.dtype == np.uint8 and res.label.max() <= 18
+
+
+def test_strip_images_through_the_stage(models, tmp_path):
+    """1x3000 and 2000x1 photos: both parsers' rows are ok and masks/ keeps each image's frame."""
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    sizes = {"photos/wide": (3000, 1), "photos/tall": (1, 2000)}  # PIL (width, height)
+    for key, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{key.split('/')[1]}.png")
+    out = tmp_path / "out"
+    run("ingest", out, {"sources": [{"path": str(folder), "name": "photos"}], "min_size": 1})
+    result = run("parse", out, {"parsers": ["farl", "segformer"], "detector_threshold": 0.05, **models})
+    rows = ledger_rows(out)
+    assert result.failed == {} and {r["status"] for r in rows} == {"ok"} and len(rows) == 4
+    for key, size in sizes.items():
+        (primary,) = [r for r in rows if r["key"] == key and r["primary"]]
+        assert primary["parser"] == "farl" and primary["fallback_for"] is None
+        with Image.open(out / "masks" / f"{key}.png") as m:
+            assert m.size == size and m.mode == "L"
+
+
+def test_a_raising_parser_keeps_the_other_parsers_map(models, demo_data, tmp_path, monkeypatch):
+    """FaRL (primary) raises on one photo: that key gets a one-line farl parser_error row and Segformer's map
+    becomes primary (marked fallback_for); the batch's other keys keep their FaRL maps."""
+    from pipeline.data.views import upstream
+    from pipeline.parsers.farl import FarlParser
+
+    real = FarlParser._unaligned
+
+    def flaky(self, img):
+        if img.shape[:2] == (512, 512):  # astronaut.png; grace_hopper.jpg is 600x512
+            raise RuntimeError("detector blew up\nsecond line of a traceback")
+        return real(self, img)
+
+    monkeypatch.setattr(FarlParser, "_unaligned", flaky)
+    out = ingest_faces(tmp_path / "out", demo_data)
+    result = run("parse", out, {"parsers": ["farl", "segformer"], **models})
+    rows = ledger_rows(out)
+    assert result.failed.get("stage_error") is None and "stage_error" not in {r["status"] for r in rows}
+    bad = {r["parser"]: r for r in rows if r["key"] == "photos/astronaut"}
+    assert bad["farl"]["status"] == "parser_error" and bad["farl"]["mask"] is None
+    assert bad["farl"]["error"] == "farl: RuntimeError: detector blew up"
+    seg = bad["segformer"]
+    assert seg["status"] == "ok" and seg["primary"] and seg["fallback_for"] == "farl"
+    assert seg["mask"] == "masks/photos/astronaut.png" and (out / seg["mask"]).exists()
+    for key in ("photos/grace_hopper", "celebahq/0"):  # parsed again one by one after the batch raised
+        good = {r["parser"]: r for r in rows if r["key"] == key}
+        assert good["farl"]["status"] == "ok" and good["farl"]["primary"] and good["farl"]["fallback_for"] is None
+    # downstream stages (latents, shard) take the key's mask from the row marked primary
+    masks = upstream(out, ("parse",)).masks
+    assert masks["photos/astronaut"] == ("masks/photos/astronaut.png", "segformer")
+    assert masks["photos/grace_hopper"] == ("masks/photos/grace_hopper.png", "farl")
+
+
 def test_decode_error_and_bad_settings(models, demo_data, tmp_path):
     out = ingest_faces(tmp_path / "out", demo_data, photos=("astronaut.png",))
     src = tmp_path / "out-photos" / "astronaut.png"
