@@ -24,7 +24,6 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.data.files import atomic_write_bytes, atomic_write_text, sweep_beside
 from train.config import ConfigError
 from train.objectives import longtail_weight_map
 
@@ -386,16 +386,18 @@ def precompute_text(shards: list[Shard], encoder: TextEncoder, out_dir: Path, ba
     """Write every caption's CLIP states: ``<shard>.safetensors`` with ``<key>/hidden`` (n, 77, D) and
     ``<key>/pooled`` (n, D) in float16, ``empty.safetensors`` for the empty caption, ``keys.json``.
 
-    A shard's file is written under a temporary name and renamed, so an interrupted pass resumes.
+    Every file is written under a temporary name and renamed, so an interrupted pass resumes with the
+    shards it had finished.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_beside(out_dir)  # what a killed pass left half-written
     marker = out_dir / "encoder.json"
     expected = {"text_encoder": encoder.source, "dim": encoder.dim}
     if marker.exists() and json.loads(marker.read_text()) != expected:
         raise ValueError(f"{out_dir} holds states of {json.loads(marker.read_text())}, not {expected}")
-    marker.write_text(json.dumps(expected))
+    atomic_write_text(marker, json.dumps(expected))
     keys: dict[str, str] = {}
     for s in shards:
         name = s.path.stem
@@ -418,12 +420,9 @@ def precompute_text(shards: list[Shard], encoder: TextEncoder, out_dir: Path, ba
             tensors[f"{k}/hidden"] = np.ascontiguousarray(hidden_all[at : at + len(caps)])
             tensors[f"{k}/pooled"] = np.ascontiguousarray(pooled_all[at : at + len(caps)])
             at += len(caps)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, target)
+        atomic_write_bytes(target, save(tensors))
     h, p = encoder.encode([""])
-    tmp = out_dir / f".empty.tmp-{os.getpid()}"
-    save_file({"hidden": h[0].half().cpu().numpy(), "pooled": p[0].half().cpu().numpy()}, str(tmp))
-    os.replace(tmp, out_dir / "empty.safetensors")
-    (out_dir / "keys.json").write_text(json.dumps(keys))
+    atomic_write_bytes(out_dir / "empty.safetensors",
+                       save({"hidden": h[0].half().cpu().numpy(), "pooled": p[0].half().cpu().numpy()}))
+    atomic_write_text(out_dir / "keys.json", json.dumps(keys))
 

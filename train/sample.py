@@ -12,12 +12,12 @@ the condition, then the samples.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.data.files import atomic_write
 from train.config import ConfigError
 
 
@@ -130,8 +130,6 @@ def sample(checkpoint: str | Path, caption: str, mask: Path | None = None, sketc
     images = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     preview = np.asarray(Image.fromarray(preview).resize(images.shape[1:3][::-1]))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(_grid([preview, *images])).save(tmp)
-    os.replace(tmp, out)
+    grid = Image.fromarray(_grid([preview, *images]))
+    atomic_write(out, lambda f: grid.save(f, format="PNG"))  # PNG whatever the name says, as before
     return out

@@ -9,6 +9,10 @@ torchrun. Checkpoints are folders of safetensors plus ``state.json``:
     OUT/ckpt/latest          the name of the newest complete checkpoint
     OUT/metrics.jsonl        one line per step: loss, lr, grad norm (rank 0)
 
+Every file is written whole or not at all (`pipeline.data.files`): a checkpoint folder is built under a
+temporary name and renamed, `latest` is replaced atomically, and a metrics line is one appended write, so a
+kill leaves at most a cut last line, which a resume drops (saying so) with the steps after its checkpoint.
+
 Resume is exact: the model args come from the checkpoint, the optimizer state and data position are
 restored, the learning rate is a function of the step, and every step draws its noise and timesteps from a
 generator seeded by (seed, rank, step), so the steps after a resume reproduce an uninterrupted run's losses.
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.data.files import append_line, atomic_dir, atomic_write_text, read_jsonl, sweep_beside
 from train.config import ConfigError, TrainConfig, load_config
 from train.model import MMFaceDiT, MMFaceDiTConfig, count_params, peak_tflops
 
@@ -135,20 +140,14 @@ def save_checkpoint(out_dir: Path, step: int, model, ema, optimizer, state: dict
 
     root = out_dir / "ckpt"
     name = f"step_{step:06d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-    tensors, meta = _optim_to_flat(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optim.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))  # written last
     final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = root / f".latest.tmp-{os.getpid()}"
-    pointer.write_text(name)
-    os.replace(pointer, root / "latest")
+    with atomic_dir(final) as tmp:  # the folder appears whole under its name, or not at all
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        tensors, meta = _optim_to_flat(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optim.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))  # written last
+    atomic_write_text(root / "latest", name)  # only after the folder it names is complete
     if keep_last > 0:
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -275,10 +274,15 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
         out_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        for folder in (out_dir, out_dir / "ckpt"):
+            sweep_beside(folder)  # temporaries of a killed run (a half-written checkpoint folder)
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if metrics_path.exists():  # drop lines of steps after the checkpoint we resume from (a crashed tail)
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            metrics_path.write_text("".join(k + "\n" for k in kept))
+            records, cut = read_jsonl(metrics_path)
+            if cut:
+                log(f"{metrics_path}: dropped {cut} line(s) a killed run left unfinished")
+            kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         log(f"MMFace-DiT {model_cfg.depth}x{model_cfg.hidden_size} ({count_params(raw) / 1e6:.2f}M params, rope {model_cfg.rope}) "
             f"| {cfg.objective.kind} | {sum(s.samples for s in shards):,} samples in {len(shards)} shards, "
             f"{per_epoch} batches/epoch/rank | global batch {global_batch} | {optim_name} | "
@@ -305,10 +309,9 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
             pending = []
             return
         values = torch.stack([torch.stack([loss, gn]) for _, loss, _, gn in pending]).tolist()  # one sync
-        with open(metrics_path, "a") as f:
-            for (s, _, lr, _), (loss, gn) in zip(pending, values, strict=True):
-                f.write(json.dumps({"step": s, "loss": loss, "lr": lr, "grad_norm": gn}) + "\n")
-                history.append(loss)
+        for (s, _, lr, _), (loss, gn) in zip(pending, values, strict=True):
+            append_line(metrics_path, json.dumps({"step": s, "loss": loss, "lr": lr, "grad_norm": gn}))
+            history.append(loss)
         pending = []
 
     model.train()
