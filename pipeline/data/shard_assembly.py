@@ -4,10 +4,11 @@ The plan depends only on the ok rows (key, split, staged fragment, its size and 
 settings: splits in order (train, val, test, then others), samples in a seeded hash order (or key
 order), a new shard whenever the next sample would pass `max_samples` or `max_bytes`. Each shard is
 its fragments back to back plus the two zero blocks that end a tar, written under a temporary name,
-fsynced and renamed. `.assembly.json` records, per shard, the digest of its plan and the file's size
-and mtime, so a re-run rewrites only the shards whose plan changed, and a run killed halfway redoes
-only the shards it had not renamed yet. `index.json` is removed before the first rewrite and written
-by the stage after the last one: a folder with an `index.json` is complete.
+fsynced and renamed (`pipeline.core.files.atomic_write`: a failed write leaves no temporary).
+`.assembly.json` records, per shard, the digest of its plan and the file's size and mtime, so a re-run
+rewrites only the shards whose plan changed, and a run killed halfway redoes only the shards it had
+not renamed yet. `index.json` is removed before the first rewrite and written by the stage after the
+last one: a folder with an `index.json` is complete.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.core.files import atomic_write, atomic_write_bytes, sweep_beside
+from pipeline.core.ledger import OK
 from pipeline.data.views import read_ledger
 from pipeline.data.wds import END_OF_ARCHIVE
 
@@ -80,9 +82,7 @@ def assemble(out: Path, plans: list[ShardPlan], restage: Callable[[list[str]], N
     `restage(keys)` makes the fragments a changed shard needs that are gone. Returns the index entries."""
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    for p in shards.iterdir():
-        if p.name.startswith(".") and ".tmp-" in p.name:
-            p.unlink(missing_ok=True)
+    sweep_beside(shards)  # what a killed run wrote outside a run folder's .tmp/
     progress_path = shards / PROGRESS
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {}
     todo = [p for p in plans if not _unchanged(shards / p.name, progress.get(p.name), p.digest)]
@@ -107,10 +107,11 @@ def assemble(out: Path, plans: list[ShardPlan], restage: Callable[[list[str]], N
 
 
 def _write_shard(out: Path, path: Path, rows: list[dict[str, Any]]) -> tuple[str, int]:
-    """The fragments back to back + the end-of-archive blocks, under a temporary name; (sha256, bytes)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    h, n = hashlib.sha256(), 0
-    with open(tmp, "wb") as f:
+    """The fragments back to back + the end-of-archive blocks, written atomically; (sha256, bytes)."""
+    done: dict[str, Any] = {}
+
+    def fill(f: IO[bytes]) -> None:  # may be called twice (atomic_write retries beside a cross-disk .tmp)
+        h, n = hashlib.sha256(), 0
         for r in rows:
             data = (out / r["staged"]).read_bytes()
             f.write(data)
@@ -120,8 +121,10 @@ def _write_shard(out: Path, path: Path, rows: list[dict[str, Any]]) -> tuple[str
         h.update(END_OF_ARCHIVE)
         f.flush()
         os.fsync(f.fileno())  # a renamed shard is on disk, not only in the page cache
-    os.replace(tmp, path)
-    return h.hexdigest(), n + len(END_OF_ARCHIVE)
+        done.update(sha256=h.hexdigest(), bytes=n + len(END_OF_ARCHIVE))
+
+    atomic_write(path, fill)
+    return done["sha256"], done["bytes"]
 
 
 def _unchanged(path: Path, entry: dict | None, digest: str) -> bool:

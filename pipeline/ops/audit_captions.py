@@ -17,7 +17,6 @@ status and a reason; nothing stops the audit.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.core.ledger import OK, Ledger, atomic_write_bytes
+from pipeline.core.files import atomic_write, atomic_write_bytes
+from pipeline.core.ledger import OK, Ledger
 from pipeline.text.evidence import grade_evidence, ground_truth, label_pixels
 from pipeline.text.judge import Consensus, contradictions
 
@@ -51,7 +51,7 @@ class Audit:
         return {"kind": self.kind, "images": len(self.images), "captions": len(ok),
                 "verdicts": dict(sorted(verdicts.items())),
                 "files_with_errors": sum(r["status"] != OK for r in self.rows),
-                "errors": dict(Counter(r["status"] for r in self.rows if r["status"] != OK)),
+                "errors": dict(sorted(Counter(r["status"] for r in self.rows if r["status"] != OK).items())),
                 "images_with_problems": sum(bool(i["problems"]) for i in self.images),
                 "contradicting_pairs": sum(len(i["contradictions"]) for i in self.images)}
 
@@ -176,9 +176,7 @@ def write_audit(audit: Audit, dest: Path, title: str) -> dict[str, Any]:
 
     dest.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(audit.rows, schema=SCHEMA)
-    tmp = dest / f".verdicts.parquet.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, dest / "verdicts.parquet")
+    atomic_write(dest / "verdicts.parquet", lambda f: pq.write_table(table, f))
     summary = audit.summary()
     atomic_write_bytes(dest / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
     atomic_write_bytes(dest / "report.html", render_audit(audit, summary, title).encode())

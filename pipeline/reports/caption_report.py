@@ -8,7 +8,8 @@ a gender, a hair colour, ...), rejections by reason, consistency (images whose c
 minority captions left out, contradictions left among final captions) and mask evidence by grade.
 Per image (the `max_images` with the most problems first): its thumbnail, raw -> clean -> final
 captions, every rejected candidate with its reason, the slot votes, the disputes and the evidence;
-the page sorts by problems, rejections or key.
+the page sorts by problems, rejections or key. Every count is listed most common first with ties by
+name (never by set or ledger order), so a rerun on the same ledgers writes the same bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ COVERAGE_SLOTS = ("gender", "age", "ethnicity", "skin_tone", "hair_color", "hair
                   "expression", "pose", "gaze", "photo")
 
 
+def ranked(c: Counter | dict, n: int | None = None) -> dict[str, int]:
+    """Most common first, ties by name. `Counter.most_common` keeps ties in insertion order, which for
+    facts comes from iterating a set and so changes with PYTHONHASHSEED (and picks a different top n)."""
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n])
+
+
 def clean_counts(out: Any) -> dict[str, Any]:
     """Headline numbers of a clean ledger: rows per status, trimmed share, rule frequencies."""
     t = Ledger(out, "captions/clean").read(["status", "trimmed", "rules_applied"])
@@ -47,9 +54,9 @@ def clean_counts(out: Any) -> dict[str, Any]:
         for r in lst or []:
             rules[r] = rules.get(r, 0) + 1
     return {"rows": t.num_rows, "ok": ok.num_rows,
-            "by_status": {d["values"]: d["counts"] for d in pc.value_counts(t["status"]).to_pylist()},
+            "by_status": ranked({d["values"]: d["counts"] for d in pc.value_counts(t["status"]).to_pylist()}),
             "trimmed": int(pc.sum(ok["trimmed"]).as_py() or 0),
-            "rules": dict(sorted(rules.items(), key=lambda kv: -kv[1]))}
+            "rules": ranked(rules)}
 
 
 def _final_rows(out: Path, keys: set[str] | None) -> list[dict[str, Any]]:
@@ -119,27 +126,27 @@ def build_report(out: Path, keys: set[str] | None = None, want: int = 10) -> dic
     n = max(len(ok), 1)
     hist = np.bincount(np.asarray(tokens, int), minlength=CONTEXT_LENGTH + 1).tolist() if tokens else []
     return {
-        "images": len(rows), "ok": len(ok), "by_status": dict(Counter(r["status"] for r in rows)),
+        "images": len(rows), "ok": len(ok), "by_status": ranked(Counter(r["status"] for r in rows)),
         "captions": int(sum(n_caps)), "captions_per_image": dict(sorted(Counter(n_caps).items())),
         "want": want, "images_with_all": sum(c >= want for c in n_caps),
         "mean_captions": round(float(np.mean(n_caps)), 2) if n_caps else 0.0,
-        "provenance": dict(prov), "tokens": {
+        "provenance": ranked(prov), "tokens": {
             "max": max(tokens, default=0), "mean": round(float(np.mean(tokens)), 1) if tokens else 0.0,
             "over_budget": sum(t > CONTEXT_LENGTH for t in tokens), "histogram": hist},
         "trimmed_in_refine": sum(int(f.split("=")[1]) for r in ok for f in r["flags"] or [] if f.startswith("trimmed=")),
-        "flags": dict(flags.most_common()), "rejections": dict(rejected.most_common()),
+        "flags": ranked(flags), "rejections": ranked(rejected),
         "consistency": {"images_with_disputes": disputed, "minority_captions_dropped": dropped,
                         "contradictions_left": sum(slots_contradicted.values()),
-                        "contradictions_by_slot": dict(slots_contradicted.most_common()),
+                        "contradictions_by_slot": ranked(slots_contradicted),
                         "images_with_contradiction": sum(any(f.startswith("contradiction:") for f in r["flags"] or [])
                                                          for r in ok)},
         "mask": {"images_with_evidence": len(ok) - flags.get("no_mask_evidence", 0),
                  "evidence_by_grade": dict(sorted(grades.items())),
-                 "contradictions": dict(mask_items.most_common()),
+                 "contradictions": ranked(mask_items),
                  "images_with_contradiction": sum(any(f.startswith("mask_contradiction:") for f in r["flags"] or [])
                                                   for r in ok)},
         "coverage": {s: round(coverage[s] / n, 3) for s in COVERAGE_SLOTS},
-        "top_values": {s: dict(values[s].most_common(5)) for s in COVERAGE_SLOTS},
+        "top_values": {s: ranked(values[s], 5) for s in COVERAGE_SLOTS},
         "clean": clean_counts(out),
     }
 
@@ -175,9 +182,9 @@ def image_records(out: Path, rows: list[dict[str, Any]], limit: int = MAX_IMAGES
         audit = json.loads(r.get("audit") or "{}")
         rec = {"key": r["key"], "status": r["status"], "problems": problems(r), "flags": r["flags"] or [],
                "final": list(zip(r["captions"] or [], r["provenance"] or [], strict=True)),
-               "raw": {c["prompt_id"]: c["text"] for c in sorted(raw.get(r["key"], []), key=lambda c: c["prompt_id"])},
+               "raw": {c["prompt_id"]: c["text"] for c in sorted(raw.get(r["key"], []), key=_by_prompt)},
                "clean": [(c["prompt_id"], c["text"], c["status"], c["rules_applied"] or [])
-                         for c in sorted(clean.get(r["key"], []), key=lambda c: c["prompt_id"])],
+                         for c in sorted(clean.get(r["key"], []), key=_by_prompt)],
                "rejections": audit.get("rejections", []), "votes": audit.get("votes", {}),
                "disputes": audit.get("disputes", []), "evidence": audit.get("evidence", {}), "thumb": ""}
         p = paths.get(r["key"])
@@ -191,6 +198,10 @@ def image_records(out: Path, rows: list[dict[str, Any]], limit: int = MAX_IMAGES
                 pass
         records.append(rec)
     return records
+
+
+def _by_prompt(c: dict[str, Any]) -> tuple[str, str]:
+    return c["prompt_id"] or "", c["text"] or ""
 
 
 def write_report(out: Path, keys: set[str] | None = None, want: int = 10) -> dict[str, Any]:

@@ -5,13 +5,21 @@ and `index.json`, models and revisions from `manifest.resolved.yaml`, licenses f
 statistics from the samples (class pixel shares, flags, captions) plus `stats/attributes.json` when the
 stats stage ran. Its YAML header names the splits and the exact features, so
 `datasets.load_dataset("<this folder or its hub repo>")` works and samples that lack a field still load
-(Hugging Face would otherwise infer the schema from the first five samples). No timestamps: the same
-data gives the same card.
+(Hugging Face would otherwise infer the schema from the first five samples). No timestamps, and ties
+in every count are broken by name: the same data gives the same card, whatever order the ledger rows
+came in.
+
+Names, licenses and every other string a user or a source supplied are escaped before they reach the
+card (`md`: one line, HTML entities for `<>&`, Markdown punctuation backslash-escaped, so a `|` cannot
+split a table cell), and the YAML header is dumped with every string value double-quoted, so no value
+can end the front matter or change its structure.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,8 +31,24 @@ from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.data.labels import NAMES, NUM_CLASSES
 
 LATENT_FIELDS = {"latent": "image", "mask_latent": "colourised mask", "sketch_latent": "sketch"}
-JSON_FIELDS = ("key, vae {id, subfolder, revision, scaling_factor, shift_factor, channels}, resolution, "
-               "class_pixels[19], flags, license, source_url, split, source, mask_source")
+
+
+class Md(str):
+    """Markdown we wrote ourselves: `_table` passes it through, where every other cell is escaped."""
+
+
+_MD_PUNCT = re.compile(r"([\\`*_\[\]|])")
+
+
+def md(value: Any) -> str:
+    """`value` as inert Markdown text: one line, `<>&` as entities, Markdown punctuation escaped."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return _MD_PUNCT.sub(r"\\\1", text)
+
+
+JSON_FIELDS = Md("key, vae {id, subfolder, revision, scaling_factor, shift_factor, channels}, resolution, "
+                 "class_pixels[19], flags, license, source_url, split, source, mask_source, "
+                 "aligned {photo_key, procedure, crop}")
 
 
 def hf_features(vaes: dict[str, int], resolution: int) -> dict[str, Any]:
@@ -42,18 +66,54 @@ def hf_features(vaes: dict[str, int], resolution: int) -> dict[str, Any]:
     feats["json"] = {"key": s, "vae": {n: vae for n in sorted(vaes)}, "resolution": i64,
                      "class_pixels": {"feature": i64, "_type": "List"},
                      "flags": {"feature": s, "_type": "List"}, "license": s, "source_url": s, "split": s,
-                     "source": s, "mask_source": s}
+                     "source": s, "mask_source": s, "aligned": {"photo_key": s, "procedure": s, "crop": s}}
     feats["__key__"] = feats["__url__"] = s
     return feats
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; every cell is escaped unless it is `Md` (the header is ours)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    cells = [[c if isinstance(c, Md) else md(c) for c in r] for r in rows]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def _ranked(c: Counter | dict, n: int | None = None) -> list[tuple[Any, int]]:
+    """Most common first, ties by name: `Counter.most_common` breaks ties by insertion order, which is
+    the order the ledger rows came in and differs between runs."""
+    return sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n]
 
 
 def _counts(c: Counter | dict, empty: str = "none") -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in c.items()) or empty
+    return ", ".join(f"{md(k)} {v:,}" for k, v in c.items()) or empty
+
+
+class _Quoted(str):
+    """A YAML string value always written double-quoted (escapes instead of raw newlines)."""
+
+
+class _CardDumper(yaml.SafeDumper):
+    pass
+
+
+_CardDumper.add_representer(_Quoted, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style='"'))
+
+
+def _quoted(obj: Any) -> Any:
+    """Every string value (not key) of `obj` as `_Quoted`."""
+    if isinstance(obj, dict):
+        return {k: _quoted(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_quoted(v) for v in obj]
+    return _Quoted(obj) if isinstance(obj, str) else obj
+
+
+def front_matter(head: dict[str, Any]) -> str:
+    """The card's YAML header: a value holding `---`, a newline or `: ` stays one quoted scalar, and
+    `yaml.safe_load` gives back the exact strings."""
+    body = yaml.dump(_quoted(head), Dumper=_CardDumper, sort_keys=False, allow_unicode=True,
+                     width=float("inf"))  # no line wrapping inside a value
+    return "---\n" + body.strip() + "\n---"
 
 
 def _header(name: str, index: dict, features: dict[str, Any]) -> str:
@@ -69,7 +129,7 @@ def _header(name: str, index: dict, features: dict[str, Any]) -> str:
         head["dataset_info"] = {"features": datasets.Features.from_dict(features)._to_yaml_list()}
     except Exception:  # noqa: BLE001
         pass
-    return "---\n" + yaml.safe_dump(head, sort_keys=False).strip() + "\n---"
+    return front_matter(head)
 
 
 def _schema(index: dict, ok: list[dict[str, Any]]) -> list[str]:
@@ -88,15 +148,22 @@ def _schema(index: dict, ok: list[dict[str, Any]]) -> list[str]:
             "`__key__` is the facecurate key percent-encoded (`photos/astronaut` -> `photos%2Fastronaut`): "
             "`urllib.parse.unquote(__key__)` gives it back, and `json[\"key\"]` holds it too.", "",
             _table(["field", "content", f"samples with it (of {len(ok):,})"],
-                   [[f"`{a}`", b, f"{c:,}"] for a, b, c in rows]),
+                   [[Md(f"`{a}`"), b, f"{c:,}"] for a, b, c in rows]),  # VAE names are [a-z0-9_]
             "", "A missing field is absent (not empty), and `json.flags` names it (`no_mask`, `no_sketch`, "
-            "`no_captions`, `no_latents`) wherever its stage ran."]
+            "`no_captions`, `no_latents`) wherever its stage ran.", "",
+            "Every key of `json` is in every sample, always with the same type, never null where a "
+            "sample lacks the value: `license`, `source_url` (not recorded), `mask_source` (no mask) and "
+            "`aligned` (`photo_key`, `procedure`, `crop`: not a face crop of the `faces` stage) are "
+            "`\"\"`; `flags` is a list, possibly empty; `class_pixels` is 19 zeros without a mask. `vae` "
+            "has an entry per VAE whose latents the sample has; its `subfolder`, `revision` and "
+            "`shift_factor` are that VAE's settings, the same in every sample (null where the VAE has none)."]
 
 
 def _models(resolved: dict, index: dict) -> list[str]:
     models = resolved.get("models") or {}
     out = ["## Models and revisions", "",
-           _table(["setting", "model"], [[k, f"`{json.dumps(v)}`"] for k, v in models.items()])
+           _table(["setting", "model"], [[k, Md(f"<code>{md(json.dumps(v))}</code>")]
+                                         for k, v in models.items()])
            if models else "No model settings were recorded."]
     if index["vaes"]:
         cols = ["VAE", "id", "revision", "channels", "scaling_factor", "shift_factor", "samples"]
@@ -126,7 +193,7 @@ def _licenses(ok: list[dict[str, Any]], faces: bool = False) -> list[str]:
             "keep the attribution). Images without one carry their source's terms (CelebA-HQ / CelebAMask-HQ: "
             "non-commercial research only). Masks, sketches, captions and latents derive from the image and "
             "follow its terms.", "",
-            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in lic.most_common()]), *extra]
+            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in _ranked(lic)]), *extra]
 
 
 def _statistics(out: Path, ok: list[dict[str, Any]]) -> list[str]:
@@ -136,12 +203,12 @@ def _statistics(out: Path, ok: list[dict[str, Any]]) -> list[str]:
              for c in range(NUM_CLASSES)]
     flags = Counter(_fold(f) for r in ok for f in r["flags"] or [])
     caps = Counter(r["captions"] or 0 for r in sorted(ok, key=lambda r: r["captions"] or 0))
-    sources = Counter(r["source"] for r in ok).most_common()
+    sources = _ranked(Counter(r["source"] for r in ok))
     parts = ["## Statistics", "", _table(["source", "samples"], [[k, f"{v:,}"] for k, v in sources]),
              "", "Class pixel share over the stored masks (at the shard resolution):", "",
              _table(["class", "pixel share", "samples with it"], share), "",
              "Captions per sample: " + ", ".join(f"{k}: {v:,}" for k, v in caps.items()) + ".", "",
-             "Flags: " + _counts(Counter(dict(flags.most_common(20)))) + "."]
+             "Flags: " + _counts(dict(_ranked(flags, 20))) + "."]
     stats = out / "stats" / "attributes.json"
     if stats.exists():
         parts += ["", "From the stats stage (`stats/attributes.json`):", "", _stats_summary(stats)]
@@ -191,10 +258,14 @@ def _how_to_load(index: dict) -> list[str]:
           'features = datasets.Features.from_dict(json.load(open("shards/features.json")))',
           'ds = datasets.load_dataset("webdataset", data_files={"train": "shards/train-*.tar"}, split="train",',
           "                           features=features)"]
+    why = ("Without `features`, `datasets` infers the types from the first five samples of the first tar. "
+           "Every sample's `json` has the same keys and types (see the sample schema), but those five must "
+           "also have the same fields, and a list empty in all five (`flags`) or a VAE none of them has "
+           "cannot be typed from them: pass `features`, or load the folder (its card carries them).")
     return ["## How to load", "",
             "`index.json` lists every shard with its sample count, bytes and sha256 (`facecurate verify` checks "
             "them, and every field of every sample). Nothing needs pickle.", "", "WebDataset:", "", "```python",
-            *wds, "```", "", "Hugging Face `datasets`:", "", "```python", *hf, "```", "",
+            *wds, "```", "", "Hugging Face `datasets`:", "", "```python", *hf, "```", "", why, "",
             "The facecurate trainer reads this folder directly (`train/data.py`); "
             "`facecurate export RUN --format mmface-dit` writes the folder layout of the public MMFace-DiT trainer."]
 
@@ -210,7 +281,7 @@ def render(out: Path, index: dict, rows: list[dict[str, Any]]) -> tuple[str, dic
     present = Counter(f.split(".")[0] for r in ok for f in r["fields"] or [])
     have = [w for w, f in (("19-class masks", "mask"), ("sketches", "sketch"), ("captions", "captions"))
             if present[f]] + ([f"{', '.join(index['vaes'])} VAE latents"] if index["vaes"] else [])
-    parts = [_header(name, index, features), "", f"# {name}", "",
+    parts = [_header(name, index, features), "", f"# {md(name)}", "",
              f"{len(ok):,} face images at {res}x{res}" + (f" with {', '.join(have)}" if have else "") +
              f", as WebDataset shards. Made by facecurate {__version__}; the run folder's "
              "`manifest.resolved.yaml` records every setting.", "", "## Splits", "",

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.core.config import ConfigError
+from pipeline.core.files import atomic_write
 from pipeline.data.labels import colorize
 from pipeline.data.wds import decode_key, decode_sample, iter_tar, read_index
 
@@ -136,6 +137,5 @@ def contact_sheet(out: Path, dest: Path, n: int = 8, keys: list[str] | None = No
             lines += textwrap.wrap(f"- {c}", 64)[:3]
         draw.multiline_text((4 * tile + 8, y + 4), "\n".join(lines[: tile // 15]), fill="black", font=small,
                             spacing=2)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(dest)
+    atomic_write(dest, lambda f: sheet.save(f, "PNG"))
     return dest

@@ -3,7 +3,8 @@
 It takes the document the stats stage wrote (`stats/attributes.json`, built by `pipeline.data.attributes`)
 and the run's ledgers for the sample thumbnails. The page embeds everything (plots, thumbnails, CSS) as
 data URIs, so it opens anywhere, offline, as one file: a summary, the group rule, a per-class table, the
-plots, a grid of image / mask / sketch triplets and the keys where the parsers disagree most.
+plots, a grid of image / mask / sketch triplets and the keys where the parsers disagree most. No dates,
+versions or absolute paths: the same document gives the same bytes.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ GROUP_COLOURS = {"HFA": "#1f77b4", "NFA": "#7f7f7f", "RFA": "#d62728"}
 
 
 def _png(fig) -> bytes:
+    """PNG bytes without the `Software` chunk matplotlib adds by default (its version: a matplotlib
+    upgrade alone would change every plot)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -106,7 +109,8 @@ def sample_triplets(ctx: StageContext, n: int, size: int = 176) -> list[dict[str
                 with Image.open(ctx.out / sketches[key]) as s:
                     item["sketch"] = thumb(s.convert("L"), size, Image.Resampling.BILINEAR)
         except Exception as e:  # noqa: BLE001 - a missing file shows as a note in the grid, not a failed report
-            item["error"] = f"{type(e).__name__}: {e}"
+            # relative to the run folder: the page is the same wherever the run lives
+            item["error"] = f"{type(e).__name__}: {e}".replace(f"{ctx.out}/", "")
         out.append(item)
     return out
 

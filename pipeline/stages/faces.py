@@ -289,7 +289,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: FacesConfig) -> dic
     ids = Counter(r["identity"] for r in kept if r.get("identity"))
     report = {
         "photos": len(photos), "faces_kept": len(kept),
-        "by_status": dict(Counter(r["status"] for r in rows).most_common()),
+        # most common first, ties by name: ledger rows come in the order parallel workers finished
+        "by_status": dict(sorted(Counter(r["status"] for r in rows).items(), key=lambda kv: (-kv[1], kv[0]))),
         "faces_found_per_photo": {str(k): v for k, v in sorted(per_photo.items())},
         "identities": len(ids), "faces_per_identity": {str(k): v for k, v in sorted(Counter(ids.values()).items())},
         "face_box_px": _quantiles([min(r["bbox"][2] - r["bbox"][0], r["bbox"][3] - r["bbox"][1])
@@ -303,8 +304,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: FacesConfig) -> dic
     atomic_write_bytes(out / "faces" / "report.json", json.dumps(report, indent=2, sort_keys=True).encode())
     e = html.escape
     cells = []
-    dropped = [r for r in rows if r["status"] != OK][:60]
-    for r in sorted(dropped, key=lambda r: (r["status"], r["key"])) + sorted(kept, key=lambda r: r["face_key"])[:24]:
+    dropped = sorted((r for r in rows if r["status"] != OK),
+                     key=lambda r: (r["status"], r["key"], r.get("face_key") or ""))
+    for r in dropped[:60] + sorted(kept, key=lambda r: r["face_key"])[:24]:
         src = r.get("aligned") if r["status"] == OK else r.get("photo_path")
         img = ""
         try:

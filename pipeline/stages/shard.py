@@ -5,7 +5,8 @@ Two phases, so that a run killed at any moment resumes without a duplicate or a 
 1. `__call__` (parallel, on the runner's workers) prepares each sample: the aligned views at the shard
    resolution (`pipeline.data.views`: the same pixels the latents encoded), `jpg`, `mask.png`, `sketch.png`,
    `captions.json`, each VAE's latents copied byte for byte from the latents files, and `json`
-   metadata. It writes the sample's tar members as one fragment file, `shards/.samples/<key>.<fp>.tar`,
+   metadata (`sample_json`: the same keys and types in every sample, so `datasets` can type them).
+   It writes the sample's tar members as one fragment file, `shards/.samples/<key>.<fp>.tar`,
    atomically, and returns a ledger row (size, sha256, fields, flags). A sample whose mask, sketch,
    captions or latents are missing is written without that field and flagged `no_<field>`, or left
    out with status `missing_<field>` when the field is in `require`.
@@ -92,6 +93,24 @@ class ShardConfig(StageConfig):
             raise ValueError("max_samples, max_bytes and io_threads must be positive")
 
 
+def _text(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def sample_json(r: dict[str, Any], vae_meta: dict[str, Any], pixels: np.ndarray, flags: list[str],
+                mask_source: str | None) -> dict[str, Any]:
+    """The sample's `json`: the same keys with the same types in every sample, "" for a string nobody
+    recorded, never null. `datasets` types each key from the first samples it reads and then fails on a
+    sample whose value has another type ("Couldn't cast array of type string to null")."""
+    aligned = bool(r.get("photo_key"))  # the faces stage ran: the image is an FFHQ-aligned crop of this photo
+    return {"key": r["key"], "vae": vae_meta, "resolution": int(r["_resolution"]),
+            "class_pixels": [int(x) for x in pixels], "flags": list(flags), "license": _text(r["license"]),
+            "source_url": _text(r.get("source_url")), "split": _text(r["split"]),
+            "source": _text(r["source"]), "mask_source": _text(mask_source),
+            "aligned": {"photo_key": _text(r.get("photo_key")), "procedure": "ffhq" if aligned else "",
+                        "crop": _text(r.get("path")) if aligned else ""}}
+
+
 def _png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a, "L").save(buf, "PNG", compress_level=6)
@@ -101,7 +120,7 @@ def _png(a: np.ndarray) -> bytes:
 class ShardStage(Stage):
     """Prepares one staged fragment per sample; `finalize` assembles the shards (module docstring)."""
 
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the sample json has no nulls and always `aligned`
     schema: ClassVar[pa.Schema] = pa.schema([
         ("split", pa.string()), ("source", pa.string()), ("license", pa.string()), ("staged", pa.string()),
         ("bytes", pa.int64()), ("sha256", pa.string()), ("fields", pa.list_(pa.string())),
@@ -154,18 +173,12 @@ class ShardStage(Stage):
                              f"{'it' if len(required) == 1 else 'them'}"}
         flags += [f"no_{m}" for m in missing if up["expect"].get(m)]
         pixels = class_pixel_counts(v.mask) if v.mask is not None else np.zeros(19, np.int64)
-        meta = {"key": r["key"], "vae": vae_meta, "resolution": int(r["_resolution"]),
-                "class_pixels": [int(x) for x in pixels], "flags": flags, "license": r["license"],
-                "source_url": r.get("source_url"), "split": r["split"], "source": r["source"],
-                "mask_source": v.mask_source}
-        if r.get("photo_key"):  # the faces stage ran: the image is an FFHQ-aligned crop of this photo
-            meta["aligned"] = {"photo_key": r["photo_key"], "procedure": "ffhq", "crop": r.get("path")}
-        fields.append(("json", dumps(meta).encode()))
+        fields.append(("json", dumps(sample_json(r, vae_meta, pixels, flags, v.mask_source)).encode()))
         data = sample_fragment(r["key"], fields)
         rel = f"shards/.samples/{r['key']}.{r['_fp'][:12]}.tar"
         atomic_write_bytes(self.ctx.out / rel, data)
         return {**row, "staged": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                "fields": [f for f, _ in fields], "flags": flags, "class_pixels": meta["class_pixels"],
+                "fields": [f for f, _ in fields], "flags": flags, "class_pixels": [int(x) for x in pixels],
                 "captions": len(captions or [])}
 
     def _latents(self, rows: dict[str, dict], views: Any, flags: list[str]) -> tuple[dict, list]:

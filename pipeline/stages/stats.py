@@ -8,7 +8,8 @@ log-scale plots and a self-contained `stats/report.html` (`pipeline.reports.stat
 
 The counts, EC²Face Eq. 10 weights, HFA/NFA/RFA groups and the document itself are
 `pipeline.data.attributes` (the report renders the same document); this stage decides what is counted
-and with which thresholds.
+and with which thresholds. The document does not depend on the order the ledger rows come in (parts
+land in the order workers finish): splits and parsers are sorted, and sketch ink is summed exactly.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ class StatsStage(Stage):
             for split, c in split_counts.items():
                 per_split[split] = per_split.get(split, Counts()).merge(c)
             low = sorted(low + part_low)[:1000]
-        doc = attributes(per_split, low, resolution=cfg.resolution, min_share=cfg.min_share,
-                         reference_split=cfg.reference_split, rule=cfg.rule(), low_threshold=cfg.low_agreement)
+        doc = attributes(dict(sorted(per_split.items())), low, resolution=cfg.resolution,
+                         min_share=cfg.min_share, reference_split=cfg.reference_split, rule=cfg.rule(),
+                         low_threshold=cfg.low_agreement)
+        doc["parsers"] = dict(sorted(doc["parsers"].items()))
         atomic_write_bytes(ctx.out / "stats" / "attributes.json", json.dumps(doc, indent=1).encode())
         write_report(ctx, doc, cfg.samples)
 
@@ -149,7 +152,7 @@ def aggregate(table: pa.Table, cfg: StatsConfig) -> tuple[dict[str, Counts], lis
     for r in table.filter(pc.equal(table["status"], OK)).to_pylist():
         c = out.setdefault(r["split"], Counts())
         c.add(np.asarray(r["class_pixels"], np.int64), cfg.min_share, r["parser"], r["agreement"],
-              r["sketch_ink"], r["flags"] or [])
+              _exact(r["sketch_ink"]), r["flags"] or [])
         if r["agreement"] is not None and r["agreement"] < cfg.low_agreement:
             low.append((r["agreement"], r["key"]))
     return out, low
@@ -179,6 +182,12 @@ def _attach(table: pa.Table, other: pa.Table | None, columns: dict[str, str],
     for src, dst in columns.items():
         table = table.append_column(dst, other[src].take(idx))
     return table
+
+
+def _exact(ink: float | None) -> float | None:
+    """Ink on a 2^-20 grid: float sums of such values are exact (up to 2^33 of them), so the mean does not
+    change with the order the rows are added in."""
+    return None if ink is None else round(ink * 2**20) / 2**20
 
 
 def _strings(v: Any) -> list[str]:
