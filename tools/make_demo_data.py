@@ -7,7 +7,12 @@ that must be reported, not crash a run: a truncated JPEG, a zero-byte file, text
 image, an exact duplicate, a symlinked duplicate, a broken symlink, a symlink loop, a GIF, a PNG that
 claims 40000x40000 pixels (decompression bomb) and a non-image file. Also a small CelebAMask-HQ
 layout (images, per-class binary masks, the official split files) and an FFHQ layout with license
-metadata.
+metadata. And `hostile/`, what an attacker or a damaged disk hands a toolkit (the demo manifest
+ingests it; every item must become a row or an `ignored.tsv` line, nothing outside the tree is read):
+faces under file names with HTML, Markdown table pipes, a newline and emoji; a 64x8000 strip; a
+fifo named .jpg; symlinks to /etc/passwd, to /etc and out of the source folder; a tar with symlink,
+hardlink, device, fifo and path-traversal members; a parquet with empty, null and garbage cells and
+hostile ids.
 
 Usage: python tools/make_demo_data.py [--out .cache/demo] [--force]
 """
@@ -22,13 +27,14 @@ import os
 import shutil
 import struct
 import sys
+import tarfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-VERSION = "3"  # bump when the generated files change
+VERSION = "4"  # bump when the generated files change
 
 
 def astronaut() -> Image.Image:
@@ -134,6 +140,49 @@ def face_masks(flip: bool, glasses: bool, hat: bool) -> dict[str, Image.Image]:
     return out
 
 
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_hostile(root: Path) -> None:
+    a, g = astronaut(), grace_hopper()
+    files = root / "files"
+    save(a, files / "<img src=x onerror=alert(1)>.jpg", "JPEG", quality=90)
+    save(g, files / "| pipe | table |.png", "PNG")
+    save(g.transpose(Image.Transpose.FLIP_LEFT_RIGHT), files / "line\nbreak `code`.jpg", "JPEG", quality=90)
+    save(a.crop((64, 0, 448, 384)), files / "ünïcødé 人脸 🙂.webp", "WEBP", quality=90)
+    save(Image.new("RGB", (64, 8000), (200, 180, 160)), files / "strip_64x8000.png", "PNG")
+    os.mkfifo(files / "pipe.jpg")  # opening it for reading would block forever
+    for name, target in [("passwd.jpg", "/etc/passwd"), ("etc", "/etc"), ("escape.png", "../../photos/astronaut.png")]:
+        (files / name).symlink_to(target)
+    good = _jpeg(a.resize((256, 256)))
+    with tarfile.open(root / "members.tar", "w") as tf:
+        def add(name: str, data: bytes = b"", **kw: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            for k, v in kw.items():
+                setattr(info, k, v)
+            tf.addfile(info, io.BytesIO(data) if data else None)
+
+        add("good.jpg", good)
+        add("text.jpg", b"<html><script>alert(1)</script></html>")
+        add("../escape.jpg", good)
+        add("link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add("hard.jpg", type=tarfile.LNKTYPE, linkname="good.jpg")
+        add("dev.jpg", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        add("fifo.jpg", type=tarfile.FIFOTYPE)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "name": ["good", "<b>bold</b>", "../../etc/passwd", "a|b", "empty"],
+        "image": pa.array([_jpeg(g.resize((200, 250))), b"not an image", good[: len(good) // 3], None, b""],
+                          pa.binary()),
+    }), root / "cells.parquet")
+
+
 def make_celebamask(root: Path) -> None:
     a, g = astronaut(), grace_hopper()
     side = min(g.size)
@@ -189,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         make_photos(args.out / "photos")
         make_celebamask(args.out / "celebamask-hq")
         make_ffhq(args.out / "ffhq")
+        make_hostile(args.out / "hostile")
         stamp.write_text(VERSION)
     n = sum(len(files) for _, _, files in os.walk(args.out))
     print(f"demo data: {n} files in {args.out}")

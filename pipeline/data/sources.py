@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -159,9 +160,22 @@ def walk_files(root: Path, ignored: list[tuple[str, str]] | None = None, *, boun
                 if e.is_dir(follow_symlinks=True):
                     queue.append((e.path, sub + "/"))
                     continue
+                kind = _special(e.stat(follow_symlinks=True).st_mode)
+                if kind:  # reading a fifo named photo.jpg would block the run forever
+                    ignored.append((e.path, f"not a regular file ({kind}); not read"))
+                    continue
             except OSError:
                 pass
             yield e.path, sub
+
+
+def _special(mode: int) -> str | None:
+    """What a non-regular file is (None for a regular file)."""
+    for test, name in ((stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _classify(rel: str) -> str | None:
