@@ -1,0 +1,97 @@
+"""The demo's hostile set (tools/make_demo_data.py, `hostile/`) through every stage of the demo manifest.
+
+Faces under file names with HTML, table pipes, a newline and emoji; a 64x8000 strip; a fifo named
+.jpg; symlinks to /etc/passwd, /etc and out of the source; a tar with symlink, hardlink, device, fifo
+and `../` members; a parquet with bad cells and hostile ids. What must hold: every item is a row or an
+ignored.tsv line, nothing outside the tree is read, no stage fails on any of it, `verify --depth full`
+passes, the card stays a card, and a second run changes no byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from rich.console import Console
+
+from pipeline.core.ledger import Ledger
+from pipeline.core.manifest import build_manifest
+from pipeline.core.registry import REGISTRY
+from pipeline.core.run import load_resolved, run_manifest, stage_status
+from pipeline.ops.findings import card_front_matter
+from pipeline.ops.verify import verify_run
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = Console(stderr=True, quiet=True)
+LICENSE = "CC-BY-4.0 <script>alert(1)</script> | x"
+
+
+def every_file(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def hostile_run(demo_data, tiny_model, tmp_path_factory):
+    tiny_model("internvl3"), tiny_model("qwen3"), tiny_model("segformer-face-tiny")  # built before the manifest
+    data = yaml.safe_load((ROOT / "manifests" / "demo.yaml").read_text())
+    hostile = demo_data / "hostile"
+    data["stages"]["ingest"]["sources"] = [
+        {"path": str(hostile / "files"), "name": "hostile", "license": LICENSE},
+        {"path": str(hostile / "members.tar"), "name": "hostile-tar"},
+        {"path": str(hostile / "cells.parquet"), "name": "hostile-parquet", "id_column": "name"}]
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    results = run_manifest(build_manifest(data, ROOT / "manifests"), out, console=QUIET)
+    return out, hostile, {r.name: r for r in results}
+
+
+def test_every_item_is_a_row_or_an_ignored_line_and_nothing_outside_is_read(hostile_run):
+    out, hostile, _ = hostile_run
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    ignored = [line.split("\t")[0] for line in (out / "ingest" / "ignored.tsv").read_text().splitlines()]
+    origins = {r["origin"] for r in index}
+    files = sorted(p.name for p in (hostile / "files").iterdir())
+    for name in files:
+        path = str(hostile / "files" / name)
+        assert path in origins or path.replace("\n", "\\n") in ignored, name
+    with tarfile.open(hostile / "members.tar") as tf:
+        for m in tf.getmembers():
+            where = f"{hostile / 'members.tar'}#{m.name}"
+            assert where in origins or where in ignored, m.name
+    assert sum(r["source"] == "hostile-parquet" for r in index) == 5
+    assert not any("passwd" in (r["error"] or "") or "root:" in (r["error"] or "") for r in index)
+    assert {f"{hostile / 'files'}/{n}" for n in ("passwd.jpg", "etc", "escape.png", "pipe.jpg")} <= set(ignored)
+    assert all(str(hostile) in r["origin"] or r["origin"].startswith("images/") for r in index)
+
+
+def test_every_stage_ran_and_no_key_failed_for_a_code_reason(hostile_run):
+    out, _, results = hostile_run
+    assert set(results) == set(load_resolved(out).stages) == set(REGISTRY)
+    for name, spec in REGISTRY.items():
+        statuses = set(Ledger(out, spec.ledger or name).read(["status"])["status"].to_pylist())
+        assert not statuses & {"stage_error", "parser_error", "engine_error"}, (name, statuses)
+    assert results["shard"].ok >= 1, "no face made it to the shards: the set no longer tests the later stages"
+
+
+def test_verify_full_passes_and_the_card_stays_a_card(hostile_run):
+    out, _, _ = hostile_run
+    assert verify_run(out, QUIET, "full")[0] == []
+    card = (out / "shards" / "README.md").read_text()
+    assert "<script>" not in card and "<img" not in card
+    assert card_front_matter(card) is not None
+    assert "| CC-BY-4.0 &lt;script&gt;alert(1)&lt;/script&gt; \\| x | 1 |" in card   # one cell, shown as written
+
+
+def test_status_writes_nothing_and_a_rerun_changes_no_byte(hostile_run):
+    out, _, _ = hostile_run
+    before = every_file(out)
+    rows = stage_status(load_resolved(out), out)
+    assert all(r["pending"] == 0 and not r["notes"] for r in rows), rows
+    assert every_file(out) == before
+    again = run_manifest(load_resolved(out), out, console=QUIET)
+    assert sum(r.pending for r in again) == 0
+    assert every_file(out) == before
