@@ -157,12 +157,12 @@ def status(out: Annotated[Path, typer.Argument(help="An output folder of a run."
 DepthOpt = Annotated[str, typer.Option("--depth", help="`fast`: structure and checksums; `full`: decode every file.")]
 
 
-def _print_problems(problems: list) -> None:
+def _print_problems(problems: list, fixes: bool = True) -> None:
     for p in problems:
         out_console.print(f"[red]x[/red] {p}", highlight=False, soft_wrap=True)
-    fixes = sorted({p.fix for p in problems if getattr(p, "fix", "")})
+    fixes = sorted({p.fix for p in problems if getattr(p, "fix", "")}) if fixes else []
     for f in fixes:
-        console.print(f"  to fix: [bold]{f}[/bold]", highlight=False)
+        console.print(f"  to fix: [bold]{f}[/bold]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -236,12 +236,13 @@ def repair(
         if not problems:
             console.print(f"[green]nothing to repair[/green]: {checked:,} checks passed ({depth})")
             return
-        _print_problems(problems)
+        _print_problems(problems, fixes=False)
         if dry_run:
             console.print(f"{len(problems)} problem(s); --dry-run: nothing changed")
             raise typer.Exit(1)
         actions = apply_repairs(out, problems, console)
-    console.print("repair: " + ", ".join(f"{v:,} {k}" for k, v in actions.items() if v), highlight=False)
+    console.print("repair: " + ", ".join(f"{v:,} {k}" for k, v in actions.items() if v), highlight=False,
+                  soft_wrap=True)
     t0 = time.monotonic()
     results = run_manifest(manifest, out, console=console)
     _print_results(results, f"repair -> {out}", time.monotonic() - t0)

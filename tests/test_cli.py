@@ -20,7 +20,7 @@ def invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["run"], ["status"], ["verify"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["run"], ["status"], ["verify"], ["repair"], ["inspect"]])
 def test_help_teaches_with_examples(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0

@@ -70,8 +70,9 @@ def test_every_item_is_a_row_or_an_ignored_line_and_nothing_outside_is_read(host
 
 def test_every_stage_ran_and_no_key_failed_for_a_code_reason(hostile_run):
     out, _, results = hostile_run
-    assert set(results) == set(load_resolved(out).stages) == set(REGISTRY)
-    for name, spec in REGISTRY.items():
+    stages = {n: s for n, s in REGISTRY.items() if s.module.startswith("pipeline.stages.")}  # not test stages
+    assert set(results) == set(load_resolved(out).stages) == set(stages)
+    for name, spec in stages.items():
         statuses = set(Ledger(out, spec.ledger or name).read(["status"])["status"].to_pylist())
         assert not statuses & {"stage_error", "parser_error", "engine_error"}, (name, statuses)
     assert results["shard"].ok >= 1, "no face made it to the shards: the set no longer tests the later stages"

@@ -151,6 +151,13 @@ def _check(out: Path, advance: Callable[[int], Any], set_total: Callable[[int], 
                         remove=shards / "index.json")], 1
     set_total(index.get("samples") or 0)
     problems, checks = [], 1
+    for name, sha in sorted((index.get("files") or {}).items()):
+        checks += 1
+        path = shards / name
+        if not path.is_file() or sha256_file(path) != sha:
+            problems.append(Problem(f"shards/{name} is {'missing' if not path.is_file() else 'changed'} "
+                                    "(sha256 differs from index.json); the shard stage writes it again",
+                                    repair, "shard", remove=path if path.is_file() else None))
     listed = {e["name"] for e in index["shards"]}
     on_disk = {p.name for p in shards.iterdir() if SHARD_RE.match(p.name)}
     problems += [Problem(f"shards/{n}: on disk but not in index.json", repair, "shard", remove=shards / n)

@@ -241,17 +241,17 @@ def _artifact_tasks(c: _Checks, index: pa.Table, ledgers: dict[str, pa.Table]) -
 def apply_repairs(out: Path, problems: list[Problem], console: Console) -> dict[str, int]:
     """Move corrupt parts aside, delete broken derived files, and make broken keys pending again.
     Returns counts per action. Never touches a source file."""
-    done = {"parts moved aside": 0, "files removed": 0, "keys to redo": 0}
+    done = {"ledger part(s) moved aside": 0, "broken file(s) removed": 0, "key(s) to redo": 0}
     by_stage: dict[str, set[str]] = defaultdict(set)
     why: dict[str, str] = {}
     for p in problems:
         if p.part is not None and p.part.exists() and p.stage is not None:
             spec = REGISTRY[p.stage]
             Ledger(out, spec.ledger or spec.name, on_corrupt="quarantine").quarantine(p.part, "found by verify")
-            done["parts moved aside"] += 1
+            done["ledger part(s) moved aside"] += 1
         if p.remove is not None and p.remove.exists():
             p.remove.unlink()
-            done["files removed"] += 1
+            done["broken file(s) removed"] += 1
         if p.keys and p.stage is not None:
             by_stage[p.stage].update(p.keys)
             why.setdefault(p.stage, str(p))
@@ -259,7 +259,7 @@ def apply_repairs(out: Path, problems: list[Problem], console: Console) -> dict[
         spec = REGISTRY[stage]
         Ledger(out, spec.ledger or spec.name, on_corrupt="quarantine").invalidate(
             sorted(keys), f"verify: {why[stage]}")
-        done["keys to redo"] += len(keys)
+        done["key(s) to redo"] += len(keys)
     return done
 
 

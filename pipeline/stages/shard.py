@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from pipeline.core.config import ConfigError, StageConfig, volatile
-from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.core.ledger import OK, atomic_write_bytes, sha256_file
 from pipeline.core.stage import Stage, StageContext, default_inputs
 from pipeline.data.arrays import read_npz_members
 from pipeline.data.labels import class_pixel_counts
@@ -243,6 +243,8 @@ class ShardStage(Stage):
         resolution = int(inputs["_resolution"][0].as_py()) if inputs.num_rows else cfg.resolution
         index = build_index(written, rows, resolution, vae_info(ctx.out))
         write_card(ctx.out, index, rows)
+        # the card and the features are checked like the shards (verify re-hashes them)
+        index["files"] = {n: sha256_file(ctx.out / "shards" / n) for n in ("README.md", "features.json")}
         atomic_write_bytes(ctx.out / "shards" / "index.json", (json.dumps(index, indent=1) + "\n").encode())
         if not cfg.keep_staged:
             for r in ok:

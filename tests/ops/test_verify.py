@@ -195,3 +195,23 @@ def test_invalidated_keys_show_as_needs_repair_until_redone(made, tmp_path):
     assert rows["sketch"]["failed"] == {NEEDS_REPAIR: 1} and rows["sketch"]["pending"] == 1
     assert redone(run_manifest(load_resolved(out), out, console=QUIET)) == {"sketch": 1}
     assert digests(out) == digests(made)
+
+
+def test_the_cli_says_what_to_run_and_repair_does_it(made, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = copy(made, tmp_path / "run")
+    sketch = first(out, "sketches/**/*.png")
+    sketch.unlink()
+    cli = CliRunner()
+    bad = cli.invoke(app, ["verify", str(out), "--depth", "full"], catch_exceptions=False)
+    assert bad.exit_code == 1 and f"sketch {sketch} is missing" in bad.output
+    assert f"to fix: facecurate repair {out}" in bad.output
+    dry = cli.invoke(app, ["repair", str(out), "--dry-run"], catch_exceptions=False)
+    assert dry.exit_code == 1 and "nothing changed" in dry.output and not sketch.exists()
+    fixed = cli.invoke(app, ["repair", str(out)], catch_exceptions=False)
+    assert fixed.exit_code == 0 and "1 key(s) to redo" in fixed.output and "repaired: verify passes" in fixed.output
+    assert cli.invoke(app, ["repair", str(out)], catch_exceptions=False).output.count("nothing to repair") == 1
+    assert digests(out) == digests(made)
