@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def verify_run(out: Path, console: Console, depth: str = "fast") -> tuple[list[P
         return c.problems, c.checks
     keys = index["key"].to_pylist()
     if len(set(keys)) != len(keys):
-        dups = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        dups = sorted(k for k, n in Counter(keys).items() if n > 1)[:5]
         c.add(f"index.parquet lists keys more than once: {dups}", stage="ingest", remove=index_path)
     ledgers = _ledger_parts(c)
     tasks = _artifact_tasks(c, index, ledgers)
