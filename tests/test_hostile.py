@@ -96,3 +96,19 @@ def test_status_writes_nothing_and_a_rerun_changes_no_byte(hostile_run):
     again = run_manifest(load_resolved(out), out, console=QUIET)
     assert sum(r.pending for r in again) == 0
     assert every_file(out) == before
+
+
+def test_shard_rows_of_photos_faces_no_longer_keeps_are_history_not_problems(hostile_run, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from pipeline.core.stage import StageContext
+
+    out = tmp_path / "run"
+    shutil.copytree(hostile_run[0], out, symlinks=True)
+    kept = set(StageContext(out).index(["key"])["key"].to_pylist())
+    photo = next(r["key"] for r in pq.read_table(out / "index.parquet").to_pylist()
+                 if r["status"] == "ok" and r["key"] not in kept)           # an ok photo faces dropped
+    Ledger(out, "shards").write(pa.table({"key": [photo], "status": ["ok"], "error": [""], "_fp": ["old"]}))
+    assert verify_run(out, QUIET, "fast")[0] == []

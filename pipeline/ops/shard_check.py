@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipeline.core.ledger import OK, Ledger, sha256_file
+from pipeline.core.stage import StageContext
 from pipeline.data.arrays import load_npy
 from pipeline.data.labels import NUM_CLASSES
 from pipeline.data.wds import decode_key, iter_tar
@@ -198,8 +197,9 @@ def _check(out: Path, advance: Callable[[int], Any], set_total: Callable[[int], 
         problems.append(Problem(f"{len(dups)} key(s) in more than one sample, e.g. {dups[0]}", repair, "shard",
                                 remove=shards / "index.json"))
     t = ledger.read(["key", "status"])
-    index_ok = set(pq.read_table(out / "index.parquet", columns=["key", "status"]).filter(
-        pc.equal(pc.field("status"), OK))["key"].to_pylist())
+    # the keys the shard stage takes now: after `faces`, its kept faces (a photo it dropped, or a run's
+    # rows from before faces was added, stays in the ledger but is no longer sharded)
+    index_ok = set(StageContext(out, on_corrupt="skip").index(["key"])["key"].to_pylist())
     expected = {k for k, s in zip(t["key"].to_pylist(), t["status"].to_pylist(), strict=True)
                 if s == OK and k in index_ok}
     for what, keys in (("in the shard ledger but in no shard (a shard run that did not finish? run it again)",
