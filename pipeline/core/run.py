@@ -28,7 +28,7 @@ from pipeline.core.files import sweep_temps
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.manifest import Manifest
 from pipeline.core.registry import REGISTRY, order
-from pipeline.core.runner import StageResult, pending_inputs, run_stage
+from pipeline.core.runner import StageResult, check_shared_storage, pending_inputs, run_stage
 from pipeline.core.stage import StageContext
 
 RESOLVED = "manifest.resolved.yaml"
@@ -140,6 +140,8 @@ def run_manifest(manifest: Manifest, out: Path, only: list[str] | None = None,
     results = []
     with locked(out):
         write_resolved(manifest, out)
+        if manifest.runner.kind == "ray":
+            check_shared_storage(out, [manifest.stages[n] for n in names], manifest.runner)
         if rehash and (out / "index.parquet").exists():
             changed = rehash_sources(out, console)
             console.print(f"rehash: {len(changed):,} image(s) changed since ingest"
@@ -246,8 +248,11 @@ def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: s
     if missing:
         raise ConfigError(f"{stage} needs {', '.join(missing)} to have run on {out} first")
     console = console or Console(stderr=True)
+    runner_cfg = manifest.runner or RunnerConfig()
     with locked(out):
         write_resolved(manifest, out)
+        if runner_cfg.kind == "ray":
+            check_shared_storage(out, [manifest.stages[stage]], runner_cfg)
         return run_stage(stage, manifest.stages[stage], StageContext(out), manifest.runner or RunnerConfig(), console)
 
 

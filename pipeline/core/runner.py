@@ -47,6 +47,7 @@ class StageResult:
     seconds: float = 0.0
     counts: Counter = field(default_factory=Counter)
     new_failures: int = 0
+    per_node: dict[str, list[int]] = field(default_factory=dict)  # Ray: node -> [keys, keys with a failure]
 
     @property
     def ok(self) -> int:
@@ -215,6 +216,12 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
             outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner) if runner.kind == "ray"
                        else _execute_local(cls, cfg, ctx, pending, schema))
             for table in outputs:
+                if NODE in table.column_names:
+                    node = table[NODE][0].as_py() if table.num_rows else "?"
+                    table = table.drop_columns([NODE])
+                    k, b = _count_failed(table)
+                    got = result.per_node.setdefault(node, [0, 0])
+                    got[0], got[1] = got[0] + k, got[1] + b
                 writer.add(table)
                 n, bad = _count_failed(table)
                 result.new_failures += bad
@@ -222,6 +229,10 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
                 log.advance(n, result.new_failures)
         writer.flush()
         ledger.compact()
+        if result.per_node:
+            console.print(f"{name} per node: " + "; ".join(f"{node} {k:,} keys, {b:,} failed"
+                                                          for node, (k, b) in sorted(result.per_node.items())),
+                          highlight=False, soft_wrap=True)
     cls.finalize(cfg, ctx, inputs)
     result.counts = ledger.counts() if name != "ingest" else _index_counts(ctx)
     result.seconds = time.monotonic() - t0
@@ -232,11 +243,38 @@ def _index_counts(ctx: StageContext) -> Counter:
     return Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
 
 
+def stage_threads(cfg: Any) -> int:
+    """torch threads of one stage worker: the whole CPUs it is given (`num_cpus`, at least one), the same
+    in both runners. Float results depend on the thread count (measured: U2Net sketches and VAE latents
+    differ between 1 and 2 threads on this CPU), so this is what makes local and Ray runs byte-identical."""
+    return max(1, int(getattr(cfg, "num_cpus", 1.0)))
+
+
+def pin_threads(n: int) -> int | None:
+    """Set torch's intra-op threads when the stage uses torch (already imported); returns the old count."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return old
+
+
 def _execute_local(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Table,
                    schema: pa.Schema) -> Iterator[pa.Table]:
     stage = cls(cfg, ctx)
-    for batch in _batches(pending, cfg.batch_size):
-        yield call_isolated(stage, batch, schema)
+    old = pin_threads(stage_threads(cfg))
+    try:
+        for batch in _batches(pending, cfg.batch_size):
+            yield call_isolated(stage, batch, schema)
+    finally:
+        if old is not None:
+            pin_threads(old)
+
+
+NODE = "_node"  # the column a Ray actor adds to say where a batch ran (dropped before the ledger)
 
 
 class _RayStage:
@@ -244,9 +282,87 @@ class _RayStage:
 
     def __init__(self, cls: type[Stage], cfg: Any, ctx: StageContext, schema: pa.Schema):
         self.stage, self.schema = cls(cfg, ctx), schema
+        pin_threads(stage_threads(cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return call_isolated(self.stage, batch, self.schema)
+        import ray
+
+        table = call_isolated(self.stage, batch, self.schema)
+        node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+        return table.append_column(NODE, pa.array([node] * table.num_rows, pa.string()))
+
+
+def local_paths(obj: Any) -> list[str]:
+    """Absolute paths a config names that exist here (sources, model folders, weight files), deduplicated."""
+    import dataclasses
+    from pathlib import Path
+
+    found: list[str] = []
+
+    def walk(v: Any) -> None:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            for f in dataclasses.fields(v):
+                walk(getattr(v, f.name))
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, (str, Path)) and str(v).startswith("/") and Path(v).exists():
+            found.append(str(Path(v)))
+
+    walk(obj)
+    return sorted(set(found))
+
+
+def _node_sees(paths: list[str], marker: str, token: str) -> tuple[str, list[str]]:
+    """On one node: (its address, the paths it cannot see); the marker must hold the driver's token."""
+    import ray
+
+    missing = [p for p in paths if not os.path.exists(p)]
+    try:
+        with open(marker) as f:
+            if f.read() != token:
+                missing.append(f"{os.path.dirname(marker)} (a different folder of that name)")
+    except OSError:
+        missing.append(os.path.dirname(os.path.dirname(marker)))
+    return ray.util.get_node_ip_address(), missing
+
+
+def check_shared_storage(out: Any, configs: list[Any], runner: RunnerConfig) -> int:
+    """Before any work on a cluster: every alive node must see the output folder (a marker file the
+    driver writes there, read back with its content) and every local path the stages name, at the same
+    path. Stops with one line naming the node and the path if not. Returns the number of nodes checked."""
+    import uuid
+    from pathlib import Path
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.core.config import ConfigError
+    from pipeline.core.files import TMP_DIR, atomic_write_bytes
+
+    ray_init(runner)
+    token = uuid.uuid4().hex
+    marker = Path(out) / TMP_DIR / f"node-check-{token}"
+    atomic_write_bytes(marker, token.encode())
+    paths = sorted({p for c in configs for p in local_paths(c)})
+    probe = ray.remote(num_cpus=0)(_node_sees)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    try:
+        answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                          .remote(paths, str(marker), token) for n in nodes], timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
+    for node, (ip, missing) in zip(nodes, answers, strict=True):
+        if missing:
+            raise ConfigError(
+                f"Ray node {ip} ({node['NodeID'][:8]}) cannot see {missing[0]}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + ": the output folder and every source and model path must be on storage that every node mounts "
+                  "at the same path (NFS, a shared disk); mount it there, or run with --runner local")
+    return len(nodes)
 
 
 def ray_init(runner: RunnerConfig) -> None:
@@ -265,7 +381,12 @@ def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Tabl
     import ray
 
     ray_init(runner)
+    import logging
+    import warnings
+
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress line speaks for the stage
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 1.0), res.get("GPU", 0.0)
     if cfg.num_gpus > 0:
