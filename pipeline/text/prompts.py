@@ -10,6 +10,7 @@ with `--prompts FILE` or `prompts:` in a manifest.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,9 @@ class PromptSet:
         return digest(self.version, [p.hash for p in self.prompts])[:12]
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "hash": self.hash, "source": self.source,
+        # the file's name, not its absolute path: the same prompts give the same bytes on every machine
+        # (a Ray job's working_dir copy, another checkout); `hash` identifies the content
+        return {"version": self.version, "hash": self.hash, "source": os.path.basename(self.source),
                 "prompts": [{"id": p.id, "kind": p.kind, "hash": p.hash, "max_tokens": p.max_tokens,
                              "text": p.text} for p in self.prompts]}
 

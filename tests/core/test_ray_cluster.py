@@ -55,7 +55,9 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # the dashboard serves `ray job submit`
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                      "dashboard_host": "127.0.0.1"})
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     yield c, workers
@@ -92,6 +94,30 @@ def test_the_demo_on_three_nodes_with_one_killed_mid_stage_gives_the_local_bytes
     got, want = files(out), files(local_run)
     assert sorted(got) == sorted(want)
     assert [k for k in want if got[k] != want[k]] == []   # every mask, sketch, latent, shard byte-identical
+
+
+def test_a_job_submitted_with_the_readme_runtime_env_gives_the_local_bytes(cluster, local_run, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "job"
+    dashboard = c.head_node.address_info["webui_url"]
+    ray_bin = Path(sys.executable).parent / "ray"
+    # what the README shows: the checkout as working_dir (its .gitignore keeps .venv and .cache out), the
+    # run's paths absolute on the shared storage, runner.address=auto inside the job
+    deadline = time.monotonic() + 180
+    while True:  # the job server answers before a node's job agent has registered: retry that one reply
+        job = subprocess.run([str(ray_bin), "job", "submit", "--address", f"http://{dashboard}", "--working-dir",
+                              str(ROOT), "--", sys.executable, "-m", "pipeline", "run",
+                              str(ROOT / "manifests" / "demo.yaml"), "--out", str(out), "--runner", "ray", "--set",
+                              "runner.address=auto"],
+                             capture_output=True, text=True, timeout=1200, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        if "No available agent" not in job.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert job.returncode == 0 and "succeeded" in job.stdout, (job.stdout + job.stderr)[-3000:]
+    assert "per node" in job.stdout                       # the job's log: the driver's own lines
+    assert rows(out) == rows(local_run)
+    got, want = files(out), files(local_run)
+    assert sorted(got) == sorted(want) and [k for k in want if got[k] != want[k]] == []
 
 
 def _worker_running_a_stage_actor(c, workers, proc, timeout: float = 120):
