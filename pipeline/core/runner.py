@@ -243,19 +243,22 @@ def _index_counts(ctx: StageContext) -> Counter:
     return Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
 
 
-def stage_threads(cfg: Any) -> int:
+def stage_threads(cfg: Any) -> int | None:
     """torch threads of one stage worker: the whole CPUs it is given (`num_cpus`, at least one), the same
     in both runners. Float results depend on the thread count (measured: U2Net sketches and VAE latents
-    differ between 1 and 2 threads on this CPU), so this is what makes local and Ray runs byte-identical."""
+    differ between 1 and 2 threads on this CPU), so this is what makes local and Ray runs byte-identical.
+    None (left alone) for a vLLM engine, which binds its own OpenMP threads."""
+    if getattr(cfg, "engine", None) == "vllm":
+        return None
     return max(1, int(getattr(cfg, "num_cpus", 1.0)))
 
 
-def pin_threads(n: int) -> int | None:
+def pin_threads(n: int | None) -> int | None:
     """Set torch's intra-op threads when the stage uses torch (already imported); returns the old count."""
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is None:
+    if torch is None or n is None:
         return None
     old = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -324,7 +327,7 @@ def _node_sees(paths: list[str], marker: str, token: str) -> tuple[str, list[str
     try:
         with open(marker) as f:
             if f.read() != token:
-                missing.append(f"{os.path.dirname(marker)} (a different folder of that name)")
+                missing.append(f"{os.path.dirname(os.path.dirname(marker))} (a different folder of that name)")
     except OSError:
         missing.append(os.path.dirname(os.path.dirname(marker)))
     return ray.util.get_node_ip_address(), missing
