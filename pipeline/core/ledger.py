@@ -156,8 +156,6 @@ class Ledger:
         try:
             return read_part(path, columns)
         except (OSError, pa.ArrowException, ValueError) as e:
-            if isinstance(e, FileNotFoundError) and not path.exists() and path in self.corrupt:
-                return None
             if self.on_corrupt == "raise":
                 raise LedgerCorrupt(path, e, self.out) from None
             if self.on_corrupt == "quarantine":

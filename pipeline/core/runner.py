@@ -216,14 +216,15 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
             outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner) if runner.kind == "ray"
                        else _execute_local(cls, cfg, ctx, pending, schema))
             for table in outputs:
+                node = None
                 if NODE in table.column_names:
                     node = table[NODE][0].as_py() if table.num_rows else "?"
                     table = table.drop_columns([NODE])
-                    k, b = _count_failed(table)
-                    got = result.per_node.setdefault(node, [0, 0])
-                    got[0], got[1] = got[0] + k, got[1] + b
                 writer.add(table)
                 n, bad = _count_failed(table)
+                if node is not None:
+                    got = result.per_node.setdefault(node, [0, 0])
+                    got[0], got[1] = got[0] + n, got[1] + bad
                 result.new_failures += bad
                 progress.update(task, advance=n, failed=result.new_failures)
                 log.advance(n, result.new_failures)

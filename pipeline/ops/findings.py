@@ -31,10 +31,6 @@ class Problem(str):
         self.fix, self.stage, self.keys, self.part, self.remove = fix, stage, tuple(keys), part, remove
         return self
 
-    @property
-    def repairable(self) -> bool:
-        return bool(self.keys or self.part or self.remove)
-
 
 def card_front_matter(text: str) -> dict | None:
     """The YAML front matter of a dataset card, or None when it has none that parses."""

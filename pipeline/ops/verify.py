@@ -20,7 +20,6 @@ exactly those keys (and whatever depends on a changed result); then `verify` pas
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.core.ledger import OK, Ledger, read_checked, read_part, sha256_file
+from pipeline.core.ledger import OK, Ledger, read_checked, sha256_file
 from pipeline.core.registry import REGISTRY
 from pipeline.core.stage import INDEX, INDEX_SHA
 from pipeline.data.arrays import load_npy
@@ -71,12 +70,6 @@ def check_png(path: Path, depth: str = "full", mode: str | None = "L", labels: b
     return None
 
 
-def check_label_map(path: Path) -> str | None:
-    """The full check of a label map, as one line naming it (None when fine)."""
-    why = check_png(path, "full", "L", labels=True)
-    return None if why is None else f"{path}: {why}"
-
-
 def check_npz(path: Path, sha256: str | None, depth: str) -> str | None:
     if not path.is_file():
         return "is missing"
@@ -111,19 +104,17 @@ class _Checks:
 
 
 def _ledger_parts(c: _Checks) -> dict[str, pa.Table]:
-    """Every part of every stage's ledger read in full; returns each readable stage's resolved rows."""
+    """Every part of every stage's ledger read in full (`Ledger.validate`); returns each stage's resolved
+    rows from the parts that read."""
     resolved: dict[str, pa.Table] = {}
     for name, spec in REGISTRY.items():
         ledger = Ledger(c.out, spec.ledger or name, on_corrupt="skip")
         parts = ledger.parts()
-        for _, part in parts:
-            c.checks += 1
-            try:
-                read_part(part)
-            except (OSError, pa.ArrowException, ValueError) as e:
-                why = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-                c.add(f"ledger part {part} is corrupt ({why}): repair moves it aside and redoes its keys",
-                      stage=name, part=part)
+        c.checks += len(parts)
+        ledger.validate()
+        for part, why in sorted(ledger.corrupt.items()):
+            c.add(f"ledger part {part} is corrupt ({why}): repair moves it aside and redoes its keys",
+                  stage=name, part=part)
         if parts:
             resolved[name] = ledger.read()
     return resolved
@@ -261,8 +252,3 @@ def apply_repairs(out: Path, problems: list[Problem], console: Console) -> dict[
             sorted(keys), f"verify: {why[stage]}")
         done["key(s) to redo"] += len(keys)
     return done
-
-
-def problems_json(problems: list[Problem]) -> str:
-    return json.dumps([{"problem": str(p), "fix": p.fix, "stage": p.stage, "keys": list(p.keys)}
-                       for p in problems], indent=1)
