@@ -19,7 +19,7 @@ class StageSpec:
     Args:
         name: the manifest key under `stages:`.
         module: module holding the stage class and its config class.
-        stage: class name of the stage (the DESIGN.md contract: `__init__(cfg, ctx)`, `__call__(batch)`).
+        stage: class name of the stage (the contract in core/stage.py: `__init__(cfg, ctx)`, `__call__(batch)`).
         config: class name of its frozen config dataclass.
         requires: stages whose ok keys it consumes (run first).
         optional: stages it uses when the manifest has them (run first if present).

@@ -1,4 +1,4 @@
-"""The stage contract every pipeline stage follows (see DESIGN.md, "The stage contract").
+"""The stage contract every pipeline stage follows.
 
 A stage is a callable class: `__init__(cfg, ctx)` loads models once, `__call__(batch)` takes a column
 batch (`dict[str, np.ndarray]`, Ray Data's numpy batch format) and returns a column batch

@@ -32,7 +32,7 @@ from pipeline.data.images import load_rgb
 from pipeline.data.labels import NUM_CLASSES
 
 VIEWS_VERSION = "1"
-# Ledger folders of the stages we read (DESIGN.md cross-stage contracts), by stage name.
+# Ledger folders of the stages we read (the cross-stage contracts), by stage name.
 LEDGERS = {"refine": "captions/final", "parse": "parse", "sketch": "sketches", "latents": "latents"}
 
 
