@@ -69,7 +69,7 @@ demo: data models
 	$(VENV)/bin/facecurate audit-captions demo_out
 	$(VENV)/bin/facecurate train manifests/train/tiny.yaml
 	$(VENV)/bin/facecurate sample runs/tiny -c "a smiling woman with short dark hair" \
-		--mask demo_out/masks/photos/astronaut.png --steps 20 --n 4 --out runs/tiny/samples.png
+		--mask demo_out/masks/celebahq/0.png --steps 20 --n 4 --out runs/tiny/samples.png
 
 test: data models
 	$(PY) -m pytest -q
