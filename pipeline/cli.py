@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.core.config import ConfigError
+from pipeline.core.crashes import StageFailed
 from pipeline.core.manifest import build_manifest, load_manifest
 
 console = Console(stderr=True)
@@ -337,6 +338,9 @@ def main() -> None:
     except ConfigError as e:
         console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except StageFailed as e:
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except OSError as e:
         from pipeline.core.files import DiskFull, is_disk_full
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import time
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from pipeline.core.stage import Stage
 @dataclass(frozen=True)
 class EchoConfig(StageConfig):
     """Args: salt (changes outputs), rows_per_key, fail_keys (raise when batched with them),
-    drop_keys (return no row), sleep (seconds per batch)."""
+    drop_keys (return no row), sleep (seconds per batch), crash_keys (the process segfaults when batched
+    with them), crash_start (it dies while starting)."""
 
     salt: str = "s"
     rows_per_key: int = 2
     fail_keys: tuple[str, ...] = ()
     drop_keys: tuple[str, ...] = ()
+    crash_keys: tuple[str, ...] = ()
+    crash_start: bool = False
     sleep: float = volatile(0.0)
     batch_size: int = volatile(4)
 
@@ -31,8 +35,15 @@ class EchoConfig(StageConfig):
 class EchoStage(Stage):
     schema: ClassVar[pa.Schema] = pa.schema([("part", pa.int32()), ("value", pa.string())])
 
+    def __init__(self, cfg: EchoConfig, ctx: object):
+        super().__init__(cfg, ctx)
+        if cfg.crash_start:
+            ctypes.string_at(0)  # a real segfault, in this thread, as a native decoder's would be
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         keys = [str(k) for k in batch["key"]]
+        if set(keys) & set(self.cfg.crash_keys):
+            ctypes.string_at(0)
         bad = [k for k in keys if k in self.cfg.fail_keys]
         if bad:
             raise ValueError(f"cannot echo {bad[0]}")

@@ -11,10 +11,12 @@ writes every part, so the ledger has one writer.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from rich.progress import (
 from rich.text import Text
 
 from pipeline.core.config import RunnerConfig
+from pipeline.core.crashes import WORKER_DIED, WORKER_DIED_WHY, InFlight, StageFailed, find_cause
 from pipeline.core.files import is_disk_full
 from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger
 from pipeline.core.registry import REGISTRY, StageSpec
@@ -96,6 +99,14 @@ def to_table(out: dict[str, Any], schema: pa.Schema) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
+def failure_rows(batch: pa.Table, schema: pa.Schema, status: str, error: str) -> pa.Table:
+    """One failed row per key of `batch` (with its fingerprint), in the stage's full schema."""
+    keys = batch["key"].to_pylist()
+    table = to_table({"key": keys, "status": [status] * len(keys), "error": [error] * len(keys)},
+                     schema.remove(schema.get_field_index("_fp")))
+    return table.add_column(schema.get_field_index("_fp"), schema.field("_fp"), batch["_fp"])
+
+
 def call_isolated(stage: Stage, batch: pa.Table, schema: pa.Schema) -> pa.Table:
     """Call the stage; exceptions become `stage_error` rows for exactly the rows that raise."""
     keys = batch["key"].to_pylist()
@@ -109,21 +120,23 @@ def call_isolated(stage: Stage, batch: pa.Table, schema: pa.Schema) -> pa.Table:
             half = batch.num_rows // 2
             return pa.concat_tables([call_isolated(stage, batch.slice(0, half), schema),
                                      call_isolated(stage, batch.slice(half), schema)])
-        msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
-        table = to_table({"key": keys, "status": ["stage_error"], "error": [msg]},
-                         schema.remove(schema.get_field_index("_fp")))
-    got = table["key"].to_pylist()
-    unknown = set(got) - set(fp_of)
+        return failure_rows(batch, schema, "stage_error", f"{type(e).__name__}: {e}".strip().splitlines()[0][:500])
+    got = set(table["key"].to_pylist())
+    unknown = got - set(fp_of)
     if unknown:
         raise RuntimeError(f"stage returned keys it was not given: {sorted(unknown)[:3]}")
-    missing = [k for k in keys if k not in set(got)]
-    if missing:
-        table = pa.concat_tables([table, to_table(
-            {"key": missing, "status": ["stage_error"] * len(missing),
-             "error": ["stage returned no row for this key"] * len(missing)},
-            schema.remove(schema.get_field_index("_fp")))])
+    lost = pa.array([k not in got for k in keys])
+    if lost.true_count:
+        table = pa.concat_tables([table, failure_rows(batch.filter(lost), schema, "stage_error",
+                                                      "stage returned no row for this key").drop_columns(["_fp"])])
     fps = pa.array([fp_of[k] for k in table["key"].to_pylist()], pa.string())
     return table.add_column(schema.get_field_index("_fp"), schema.field("_fp"), fps)
+
+
+def guarded_call(guard: InFlight, stage: Stage, batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`call_isolated` under the batch's in-flight marker (see crashes.py)."""
+    return guard.run(lambda b: call_isolated(stage, b, schema), batch,
+                     lambda b: failure_rows(b, schema, WORKER_DIED, WORKER_DIED_WHY))
 
 
 class PartWriter:
@@ -213,8 +226,8 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
         log = _LogLines(console, name, pending.num_rows)
         with _progress(console) as progress:
             task = progress.add_task(name, total=pending.num_rows, failed=0)
-            outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner) if runner.kind == "ray"
-                       else _execute_local(cls, cfg, ctx, pending, schema))
+            outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner, ledger.dir) if runner.kind == "ray"
+                       else _execute_local(cls, cfg, ctx, pending, schema, ledger.dir))
             for table in outputs:
                 node = None
                 if NODE in table.column_names:
@@ -229,6 +242,7 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
                 progress.update(task, advance=n, failed=result.new_failures)
                 log.advance(n, result.new_failures)
         writer.flush()
+        InFlight(ledger.dir).clear()  # every batch delivered: what markers said is in the ledger now
         ledger.compact()
         if result.per_node:
             console.print(f"{name} per node: " + "; ".join(f"{node} {k:,} keys, {b:,} failed"
@@ -267,12 +281,12 @@ def pin_threads(n: int | None) -> int | None:
 
 
 def _execute_local(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Table,
-                   schema: pa.Schema) -> Iterator[pa.Table]:
-    stage = cls(cfg, ctx)
+                   schema: pa.Schema, ledger_dir: Path) -> Iterator[pa.Table]:
+    stage, guard = cls(cfg, ctx), InFlight(ledger_dir)
     old = pin_threads(stage_threads(cfg))
     try:
         for batch in _batches(pending, cfg.batch_size):
-            yield call_isolated(stage, batch, schema)
+            yield guarded_call(guard, stage, batch, schema)
     finally:
         if old is not None:
             pin_threads(old)
@@ -284,14 +298,19 @@ NODE = "_node"  # the column a Ray actor adds to say where a batch ran (dropped 
 class _RayStage:
     """The actor a Ray pool runs: builds the stage once, maps pyarrow batches through `call_isolated`."""
 
-    def __init__(self, cls: type[Stage], cfg: Any, ctx: StageContext, schema: pa.Schema):
-        self.stage, self.schema = cls(cfg, ctx), schema
+    def __init__(self, cls: type[Stage], cfg: Any, ctx: StageContext, schema: pa.Schema, ledger_dir: Path):
+        import ray
+
+        self.guard, self.schema = InFlight(ledger_dir), schema
+        start = self.guard.starting(ray.get_runtime_context().get_actor_id() or str(os.getpid()))
+        self.stage = cls(cfg, ctx)
+        self.guard.started(start)
         pin_threads(stage_threads(cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import ray
 
-        table = call_isolated(self.stage, batch, self.schema)
+        table = guarded_call(self.guard, self.stage, batch, self.schema)
         node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
         return table.append_column(NODE, pa.array([node] * table.num_rows, pa.string()))
 
@@ -381,7 +400,7 @@ def ray_init(runner: RunnerConfig) -> None:
 
 
 def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Table, schema: pa.Schema,
-                 runner: RunnerConfig) -> Iterator[pa.Table]:
+                 runner: RunnerConfig, ledger_dir: Path) -> Iterator[pa.Table]:
     import ray
 
     ray_init(runner)
@@ -404,8 +423,16 @@ def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Tabl
         size = cfg.concurrency or max(1, int((cpus - 1) // num_cpus))
     blocks = list(_batches(pending, cfg.batch_size))
     ds = ray.data.from_arrow(blocks).map_batches(
-        _RayStage, fn_constructor_kwargs={"cls": cls, "cfg": cfg, "ctx": ctx, "schema": schema},
+        _RayStage, fn_constructor_kwargs={"cls": cls, "cfg": cfg, "ctx": ctx, "schema": schema,
+                                          "ledger_dir": ledger_dir},
         batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=num_cpus, num_gpus=cfg.num_gpus,
         compute=ray.data.ActorPoolStrategy(size=size),
     )
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    try:
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    except Exception as e:
+        why = find_cause(e, StageFailed)  # a dead actor carries its creation error only as text
+        found = re.findall(r"StageFailed: (.+)", str(why or e))
+        if why is None and not found:
+            raise
+        raise StageFailed(found[-1] if found else str(why)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.config import RunnerConfig
+from pipeline.core.crashes import INFLIGHT_DIR, WORKER_DIED, WORKER_DIED_WHY, StageFailed
 from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import build_manifest
 from pipeline.core.run import run_manifest
@@ -89,6 +92,87 @@ def test_killed_run_resumes_to_the_same_rows(demo_data, tmp_path):
     assert all(keys.count(k) == 3 for k in set(keys))  # no key twice, none missing a row
     assert not [p for p in (killed / "echo").iterdir() if p.name.startswith(".")]
     assert pq.read_table(killed / "index.parquet").to_pylist() == pq.read_table(ref / "index.parquet").to_pylist()
+
+
+def test_a_key_that_crashes_its_process_becomes_its_row_after_two_reruns(demo_data, tmp_path):
+    script, photos = str(ROOT / "tests" / "run_killable.py"), str(demo_data / "photos")
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    subprocess.run([sys.executable, script, str(ref), photos, "0"], check=True, timeout=300)
+    poison = "photos/grace_hopper"
+    extra = json.dumps({"crash_keys": [poison], "batch_size": 4})
+    rcs = [subprocess.run([sys.executable, script, str(crashed), photos, "0", extra], timeout=300,
+                          capture_output=True).returncode for _ in range(3)]
+    assert rcs[0] == rcs[1] == -signal.SIGSEGV and rcs[2] == 0  # whole batch, then the key alone, then done
+    got = {r[0]: r for r in rows(crashed)}
+    assert got[poison][1:3] == (WORKER_DIED, WORKER_DIED_WHY)
+    assert [r for r in rows(crashed) if r[0] != poison] == [r for r in rows(ref) if r[0] != poison]
+    assert not (crashed / "echo" / INFLIGHT_DIR).exists()
+    retry = subprocess.run([sys.executable, script, str(crashed), photos, "0", extra], timeout=300)
+    assert retry.returncode == 0  # a worker_died row is final until --retry-failed
+
+
+class _Died(BaseException):
+    """What the process sees of its own death: nothing after this point runs (no finally, no unlink)."""
+
+
+def test_in_flight_markers_survive_a_batch_regrouping(tmp_path):
+    from pipeline.core.crashes import InFlight
+
+    def table(keys):
+        return pa.table({"key": keys})
+
+    def crash_on(bad):
+        def call(b):
+            if bad in b["key"].to_pylist():
+                raise _Died
+            return b.append_column("status", pa.array(["ok"] * b.num_rows))
+        return call
+
+    def died(b):
+        return b.append_column("status", pa.array([WORKER_DIED] * b.num_rows))
+
+    with pytest.raises(_Died):
+        InFlight(tmp_path).run(crash_on("c"), table(["a", "b", "c", "d"]), died)
+    # the next run batches differently (other keys finished meanwhile): the marker still finds "c"
+    with pytest.raises(_Died):
+        InFlight(tmp_path).run(crash_on("c"), table(["c", "d", "e"]), died)
+    out = InFlight(tmp_path).run(crash_on("c"), table(["b", "c", "d", "e"]), died)
+    assert out.to_pylist() == [{"key": "b", "status": "ok"}, {"key": "c", "status": WORKER_DIED},
+                               {"key": "d", "status": "ok"}, {"key": "e", "status": "ok"}]
+    clean = InFlight(tmp_path).run(crash_on("zz"), table(["x", "y"]), died)  # no marker: one call, no trace
+    assert clean["status"].to_pylist() == ["ok", "ok"]
+    assert [p.name for p in (tmp_path / INFLIGHT_DIR).iterdir()] != []  # the old ones wait for clear()
+    InFlight(tmp_path).clear()
+    assert not (tmp_path / INFLIGHT_DIR).exists()
+
+
+@pytest.mark.ray
+def test_ray_a_key_that_crashes_its_worker_becomes_its_row_and_a_worker_that_cannot_start_stops_the_stage(
+        demo_data, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import dataclasses
+
+    import ray
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # Ray workers import tests.stages_for_tests
+    poison = "photos/grace_hopper"
+    run_manifest(manifest(demo_data / "photos"), tmp_path / "local")
+    m = manifest(demo_data / "photos", crash_keys=[poison])
+    try:
+        t0 = time.monotonic()
+        run_manifest(dataclasses.replace(m, runner=RunnerConfig(kind="ray")), tmp_path / "ray")
+        assert time.monotonic() - t0 < 300  # Ray alone would retry the batch for ever
+        got = {r[0]: r for r in rows(tmp_path / "ray")}
+        assert got[poison][1:3] == (WORKER_DIED, WORKER_DIED_WHY)
+        assert ([r for r in rows(tmp_path / "ray") if r[0] != poison]
+                == [r for r in rows(tmp_path / "local") if r[0] != poison])
+        assert not (tmp_path / "ray" / "echo" / INFLIGHT_DIR).exists()
+        m = manifest(demo_data / "photos", crash_start=True)
+        with pytest.raises(StageFailed, match=r"^the stage's worker died 3 times while starting") as e:
+            run_manifest(dataclasses.replace(m, runner=RunnerConfig(kind="ray")), tmp_path / "ray")
+        assert "\n" not in str(e.value)
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.ray
