@@ -87,15 +87,27 @@ def test_verify_full_passes_and_the_card_stays_a_card(hostile_run):
     assert "| CC-BY-4.0 &lt;script&gt;alert(1)&lt;/script&gt; \\| x | 1 |" in card   # one cell, shown as written
 
 
-def test_status_writes_nothing_and_a_rerun_changes_no_byte(hostile_run):
+def written(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file's inode and mtime: a file rewritten with the same bytes (a rename onto it) changes both."""
+    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_status_and_a_no_op_rerun_write_nothing(hostile_run):
     out, _, _ = hostile_run
-    before = every_file(out)
+    before, touched = every_file(out), written(out)
     rows = stage_status(load_resolved(out), out)
     assert all(r["pending"] == 0 and not r["notes"] for r in rows), rows
-    assert every_file(out) == before
+    assert written(out) == touched
     again = run_manifest(load_resolved(out), out, console=QUIET)
     assert sum(r.pending for r in again) == 0
+    assert written(out) == touched  # not one file rewritten: no index, report, card or manifest
     assert every_file(out) == before
+    (out / "index.parquet").unlink()  # a lost output of a finalize: the next no-op run makes it again
+    run_manifest(load_resolved(out), out, console=QUIET)
+    remade = {k for k, v in written(out).items() if touched.get(k) != v}
+    assert remade == {"index.parquet", "ingest/.finalized.json"}  # its stamp records the new file's mtime
+    assert every_file(out)["index.parquet"] == before["index.parquet"]
 
 
 def test_shard_rows_of_photos_faces_no_longer_keeps_are_history_not_problems(hostile_run, tmp_path):

@@ -111,11 +111,45 @@ def atomic_write(path: Path, fill: Callable[[IO[bytes]], Any]) -> None:
         if isinstance(e, Exception) and is_disk_full(e):
             raise DiskFull(path, e) from e
         raise
+    _record(path)
+
+
+_recorders: list[list[Path]] = []
+
+
+def _record(path: Path) -> None:
+    for r in _recorders:
+        r.append(path)
+
+
+@contextmanager
+def recording() -> Iterator[list[Path]]:
+    """Collect the paths every `atomic_write*` / `atomic_dir` inside the block wrote (the runner uses it
+    to know what a stage's `finalize` made, so a no-op run can tell those files are still in place)."""
+    got: list[Path] = []
+    _recorders.append(got)
+    try:
+        yield got
+    finally:
+        _recorders.remove(got)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (see the module docstring)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def update_bytes(path: Path, data: bytes) -> bool:
+    """`atomic_write_bytes` unless `path` already holds exactly `data` (a no-op run writes nothing);
+    returns whether it wrote."""
+    try:
+        if os.stat(path).st_size == len(data) and Path(path).read_bytes() == data:
+            _record(Path(path))  # still one of the files the caller made
+            return False
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -139,6 +173,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        _record(final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and is_disk_full(e):

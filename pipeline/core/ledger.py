@@ -168,7 +168,19 @@ class Ledger:
         if not self.dir.is_dir():
             return []
         found = [(int(m.group(1)), self.dir / n) for n in os.listdir(self.dir) if (m := PART_RE.match(n))]
-        return sorted(found)
+        found.sort()
+        _NEXT[str(self.dir)] = (found[-1][0] + 1 if found else 0, _mtime(self.dir))
+        return found
+
+    def _next_seq(self) -> int:
+        """The next part number without listing the folder: remembered from the last listing or write,
+        trusted while the folder's mtime is the one recorded then (a run holds the only writer's lock;
+        any other change to the folder changes its mtime and costs one listing)."""
+        known = _NEXT.get(str(self.dir))
+        if known is not None and known[1] == _mtime(self.dir):
+            return known[0]
+        parts = self.parts()
+        return parts[-1][0] + 1 if parts else 0
 
     def remove_stale(self) -> int:
         """Delete temporaries a killed run left behind; returns how many."""
@@ -181,11 +193,11 @@ class Ledger:
 
     def write(self, table: pa.Table) -> Path:
         """Write one complete part (atomically) and return its path."""
-        parts = self.parts()
-        seq = parts[-1][0] + 1 if parts else 0
+        seq = self._next_seq()
         data = table_bytes(table)
         path = self.dir / f"part-{seq:06d}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
         atomic_write_bytes(path, data)
+        _NEXT[str(self.dir)] = (seq + 1, _mtime(self.dir))
         return path
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
@@ -213,14 +225,33 @@ class Ledger:
         table = table.drop_columns(["_part"])
         return table if columns is None or "key" in columns else table.drop_columns(["key"])
 
-    def done(self) -> dict[str, tuple[str, int, int]]:
-        """key -> (fingerprint, ok rows, all rows) for every key the stage has recorded."""
-        t = self.read(["key", "status", "_fp"])
-        out: dict[str, tuple[str, int, int]] = {}
-        for k, s, f in zip(t["key"].to_pylist(), t["status"].to_pylist(), t["_fp"].to_pylist(), strict=True):
-            _, n_ok, n = out.get(k, (f, 0, 0))
-            out[k] = (f, n_ok + (s == OK), n + 1)
-        return out
+    def done(self) -> pa.Table:
+        """One row per key the stage has recorded: `key`, `_fp` (its rows' fingerprint), `n_ok` (ok rows),
+        `n` (all rows). Built per part with Arrow group-bys, so memory is one part's key/status/_fp
+        columns plus this table (about 70 bytes a key), never Python objects per row."""
+        pieces = []
+        for seq, path in self.parts():
+            t = self._read_part(path, ["key", "status", "_fp"])
+            if t is None or not t.num_rows:
+                continue
+            t = t.append_column("_ok", pc.cast(pc.equal(t["status"], OK), pa.int32()))
+            g = t.group_by("key").aggregate([("_fp", "max"), ("_ok", "sum"), ("status", "count")])
+            pieces.append(g.append_column("_part", pa.array(np.full(g.num_rows, seq, np.int32))))
+        if not pieces:
+            return DONE_SCHEMA.empty_table()
+        t = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+        t = t.rename_columns({"_fp_max": "_fp", "_ok_sum": "n_ok", "status_count": "n"})
+        if len(pieces) > 1:  # the latest part holding a key wins
+            latest = t.group_by("key").aggregate([("_part", "max")])
+            t = t.join(latest, keys=["key", "_part"], right_keys=["key", "_part_max"], join_type="inner")
+        t = t.select(["key", "_fp", "n_ok", "n"])
+        return t.cast(DONE_SCHEMA)
+
+    def lookup(self, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """`done()`'s columns for each of `keys`, in their order (nulls where the key has no rows)."""
+        done = self.done()
+        at = pc.index_in(keys, value_set=done["key"])
+        return done.take(at)
 
     def ok_keys(self) -> set[str]:
         """Keys with at least one ok row."""
@@ -250,17 +281,59 @@ class Ledger:
         return self.write(pa.table({"key": pa.array(keys, pa.string()), "status": [NEEDS_REPAIR] * n,
                                     "error": [why[:500]] * n, "_fp": [""] * n}, schema=BASE_SCHEMA))
 
-    def compact(self) -> None:
-        """Fold all parts into one (the resolved view); safe to kill at any point."""
+    def compact(self, rows_per_part: int = 1_000_000) -> None:
+        """Fold all parts into the resolved view, written as parts of at most about `rows_per_part` rows
+        (a key's rows stay in one part), reading one old part at a time: memory is bounded by the
+        largest part plus a key -> latest-part map. Safe to kill at any point: the new parts hold the
+        latest rows of their keys, so until the old parts are gone they resolve to the same rows."""
         parts = self.parts()
         if len(parts) <= 1:
             return
-        table = self.read()
+        seen = []  # (key, part) for every key of every part, as Arrow: about 50 bytes a key
+        for seq, path in parts:
+            t = self._read_part(path, ["key"])
+            if t is not None and t.num_rows:
+                keys = pc.unique(t["key"])
+                seen.append(pa.table({"key": keys, "_part": pa.array(np.full(len(keys), seq, np.int32))}))
         if self.corrupt and self.on_corrupt != "quarantine":
             return  # never fold a ledger whose parts could not all be read
-        self.write(table)
+        if not seen:  # only empty parts: keep one, so the ledger still says the stage ran
+            seen.append(pa.table({"key": pa.array([], pa.string()), "_part": pa.array([], pa.int32())}))
+        owners = (pa.concat_tables(seen).group_by("key").aggregate([("_part", "max")])
+                  .sort_by("_part_max"))  # each key once, with the latest part that holds it
+        del seen
+        owner_part = owners["_part_max"].to_numpy()
+        buffer: list[pa.Table] = []
+        n, wrote, schema = 0, False, None
+        for seq, path in parts:
+            t = self._read_part(path, None)
+            if t is None:
+                continue
+            schema = schema or t.schema
+            lo, hi = np.searchsorted(owner_part, [seq, seq + 1])
+            t = t.filter(pc.is_in(t["key"], value_set=owners["key"].slice(lo, hi - lo)))
+            if t.num_rows:
+                buffer.append(t)
+                n += t.num_rows
+            if n >= rows_per_part:
+                self.write(pa.concat_tables(buffer, promote_options="permissive"))
+                buffer, n, wrote = [], 0, True
+        if buffer or not wrote:
+            self.write(pa.concat_tables(buffer, promote_options="permissive") if buffer
+                       else (schema or BASE_SCHEMA).empty_table())
         for _, path in parts:
             path.unlink(missing_ok=True)
+
+
+def _mtime(d: Path) -> int | None:
+    try:
+        return os.stat(d).st_mtime_ns
+    except OSError:
+        return None
+
+
+_NEXT: dict[str, tuple[int, int | None]] = {}  # ledger folder -> (next part number, folder mtime then)
+DONE_SCHEMA = pa.schema([("key", pa.string()), ("_fp", pa.string()), ("n_ok", pa.int64()), ("n", pa.int64())])
 
 
 def _empty(columns: list[str]) -> pa.Table:

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from pipeline import __version__
 from pipeline.core.config import ConfigError, to_plain
-from pipeline.core.files import sweep_temps
-from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.core.files import sweep_temps, update_bytes
+from pipeline.core.ledger import OK
 from pipeline.core.manifest import Manifest
 from pipeline.core.registry import REGISTRY, order
 from pipeline.core.runner import StageResult, check_shared_storage, pending_inputs, run_stage
@@ -88,7 +88,7 @@ def write_resolved(manifest: Manifest, out: Path) -> None:
         "models": models_of(manifest),
         "manifest": to_plain(dataclasses.replace(manifest, out=out)),
     }
-    atomic_write_bytes(out / RESOLVED, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode())
+    update_bytes(out / RESOLVED, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode())
 
 
 def resolve_out(manifest: Manifest, out: Path | None) -> Path:
@@ -156,7 +156,7 @@ def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
     """Per stage: ok rows, failed rows by reason, pending inputs (None when it cannot be computed) and
     `notes` (why pending is unknown, ledger parts that do not read). Reads only: a corrupt part is
     skipped and named, never moved."""
-    ctx = StageContext(out, on_corrupt="skip")
+    ctx = StageContext(out, on_corrupt="skip", read_only=True)
     names = order(list(manifest.stages)) if manifest else [n for n in REGISTRY if ctx.ledger(n).parts()]
     rows = []
     for name in names:

@@ -10,6 +10,8 @@ writes every part, so the ledger has one writer.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import time
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,7 +37,7 @@ from rich.text import Text
 
 from pipeline.core.config import RunnerConfig
 from pipeline.core.crashes import WORKER_DIED, WORKER_DIED_WHY, InFlight, StageFailed, find_cause
-from pipeline.core.files import is_disk_full
+from pipeline.core.files import atomic_write_bytes, is_disk_full, recording
 from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger
 from pipeline.core.registry import REGISTRY, StageSpec
 from pipeline.core.stage import Stage, StageContext, row_fingerprints
@@ -71,12 +74,11 @@ def pending_inputs(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpe
     inputs = cls.inputs(cfg, ctx, spec.requires)
     fps = row_fingerprints(cls.fingerprint(cfg), inputs["_src"].to_pylist())
     inputs = inputs.append_column("_fp", pa.array(fps, pa.string()))
-    done = ledger.done()
-    mask = []
-    for k, f in zip(inputs["key"].to_pylist(), fps, strict=True):
-        d = done.get(k)
-        mask.append(d is None or d[0] != f or (retry_failed and d[1] < d[2]))
-    return inputs, inputs.filter(pa.array(mask, pa.bool_()))
+    done = ledger.lookup(inputs["key"])  # Arrow hash lookup, in the inputs' order
+    same = pc.fill_null(pc.equal(done["_fp"], inputs["_fp"]), False)
+    if retry_failed:
+        same = pc.and_(same, pc.fill_null(pc.equal(done["n_ok"], done["n"]), False))
+    return inputs, inputs.filter(pc.invert(same))
 
 
 def to_numpy_batch(table: pa.Table) -> dict[str, np.ndarray]:
@@ -248,10 +250,69 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
             console.print(f"{name} per node: " + "; ".join(f"{node} {k:,} keys, {b:,} failed"
                                                           for node, (k, b) in sorted(result.per_node.items())),
                           highlight=False, soft_wrap=True)
-    cls.finalize(cfg, ctx, inputs)
+    stamp = FinalizeStamp(ledger.dir / ".finalized.json", ctx.out)
+    if result.pending or not stamp.holds(finalize_digest(cls, cfg, ctx, spec, inputs)):
+        with recording() as written:
+            cls.finalize(cfg, ctx, inputs)
+        stamp.save(finalize_digest(cls, cfg, ctx, spec, inputs), written)  # as finalize left things
     result.counts = ledger.counts() if name != "ingest" else _index_counts(ctx)
     result.seconds = time.monotonic() - t0
     return result
+
+
+@dataclass
+class FinalizeStamp:
+    """What a stage's `finalize` was made from (a digest) and the files it wrote (size, mtime), in
+    `<ledger>/.finalized.json`. A run with nothing pending whose stamp still holds skips `finalize`,
+    so a no-op run rewrites nothing; a deleted or edited output, or any changed input, makes it run."""
+
+    path: Path
+    out: Path
+
+    def holds(self, digest: str) -> bool:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(saved, dict) or saved.get("digest") != digest:
+            return False
+        files = saved.get("files")
+        return isinstance(files, dict) and all(_file_sig(self.out / rel) == sig for rel, sig in files.items())
+
+    def save(self, digest: str, written: list[Path]) -> None:
+        files = {}
+        root = self.out.resolve()
+        for p in dict.fromkeys(written):
+            try:
+                rel = str(Path(p).resolve().relative_to(root))
+            except ValueError:
+                continue
+            files[rel] = _file_sig(self.out / rel)
+        atomic_write_bytes(self.path, json.dumps({"digest": digest, "files": files}, sort_keys=True).encode())
+
+
+def _file_sig(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def finalize_digest(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpec, inputs: pa.Table) -> str:
+    """A digest of everything `finalize` reads: the stage's code version and every setting (volatile
+    ones too), its ledger's parts and those of the stages upstream of it, the index's checksum, and
+    the inputs' keys and fingerprints (serialised in batches, so memory stays bounded)."""
+    h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}:{getattr(cls, 'version', '')}:{cfg!r}".encode())
+    for name in (spec.name, *spec.requires, *spec.optional):
+        if name in REGISTRY:
+            h.update(("\0" + name + ":" + ",".join(p.name for _, p in ctx.ledger(name).parts())).encode())
+    index_sha = ctx.out / "ingest" / "index.sha256"
+    h.update(index_sha.read_bytes() if index_sha.exists() else b"-")
+    cols = [c for c in ("key", "_fp") if c in inputs.column_names]
+    for batch in inputs.select(cols).to_batches(max_chunksize=1 << 16):
+        h.update(batch.serialize())
+    return h.hexdigest()
 
 
 def _index_counts(ctx: StageContext) -> Counter:

@@ -46,10 +46,13 @@ class StageContext:
         out: the run's output folder.
         on_corrupt: what reading a corrupt ledger part does (`quarantine` in a run, `skip` in the
             read-only `status`; see ledger.py).
+        read_only: set by `status`: computing inputs must write nothing (ingest's scan then keeps
+            `ingest/ignored.tsv` as the last run wrote it).
     """
 
     out: Path
     on_corrupt: str = "quarantine"
+    read_only: bool = False
 
     def ledger(self, stage: str) -> Ledger:
         spec = REGISTRY[stage]
@@ -113,21 +116,16 @@ def default_inputs(ctx: StageContext, requires: tuple[str, ...]) -> pa.Table:
     changed image or a re-made upstream output makes this stage's row pending again.
     """
     index = ctx.index()
-    keys = index["key"].to_pylist()
-    src = [str(s) for s in index["sha256"].to_pylist()]
-    keep = np.ones(len(keys), bool)
+    src = pc.fill_null(pc.cast(index["sha256"], pa.string()), "None")
+    keep = pa.array(np.ones(index.num_rows, bool))
     for name in requires:
         if name == "ingest":
             continue
-        done = ctx.ledger(name).done()
-        for i, k in enumerate(keys):
-            d = done.get(k)
-            if d is None or d[1] == 0:  # a key flows on when at least one of its rows is ok
-                keep[i] = False
-            else:
-                src[i] += "|" + d[0]
-    index = index.append_column("_src", pa.array(src, pa.string()))
-    return index.filter(pa.array(keep))
+        done = ctx.ledger(name).lookup(index["key"])
+        keep = pc.and_(keep, pc.fill_null(pc.greater(done["n_ok"], 0), False))  # one ok row lets a key on
+        src = pc.binary_join_element_wise(src, pc.fill_null(done["_fp"], ""), "|")
+    index = index.append_column("_src", src)
+    return index.filter(keep)
 
 
 def row_fingerprints(stage_fp: str, src: list[str]) -> list[str]:

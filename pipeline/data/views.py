@@ -165,72 +165,105 @@ def read_ledger(out: Path, rel: str, columns: list[str]) -> pa.Table | None:
     return t.select(["key", "status", *columns])
 
 
+def _last_per_key(t: pa.Table, first: bool = False, by: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
+    """The last (or first) row of each key (or of each value of `by`), kept in the table's order: what
+    a dict filled row by row holds, without Python objects per row."""
+    if not t.num_rows:
+        return t
+    at = pa.table({"g": t["key"] if by is None else by, "_i": pa.array(np.arange(t.num_rows))})
+    idx = at.group_by("g", use_threads=False).aggregate([("_i", "min" if first else "max")]).column(1)
+    return t.take(idx.take(pc.sort_indices(idx)))
+
+
+def by_key(table: pa.Table | None, keys: pa.Array | pa.ChunkedArray, column: str) -> pa.Array | pa.ChunkedArray:
+    """`table[column]` for each of `keys` (an Arrow hash lookup; null where a key has no row)."""
+    if table is None or not table.num_rows:
+        field_type = table.schema.field(column).type if table is not None else pa.string()
+        return pa.nulls(len(keys), field_type)
+    return table[column].take(pc.index_in(keys, value_set=table["key"]))
+
+
+def truthy(a: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    return pc.fill_null(pc.and_(pc.is_valid(a), pc.not_equal(pc.fill_null(a, ""), "")), False)
+
+
 @dataclass
 class Upstream:
-    """Per-key outputs of the optional upstream stages; None where a stage has not run on this folder.
+    """Per-key outputs of the optional upstream stages as Arrow tables with one row per key (hash
+    lookups by `by_key`, never Python objects per key); None where a stage has not run on this folder.
 
     Args:
-        fps: stage -> key -> row fingerprint (what `_src` is built from).
-        masks: key -> (path, parser) of the primary parse mask.
-        sketches: key -> (path, flags).
-        captions: key -> (captions, flags) from `captions/final`.
-        latents: key -> VAE name -> its latents ledger row.
+        fps: stage -> (key, _fp): each key's row fingerprint (what `_src` is built from).
+        masks: (key, mask, parser) of the primary parse mask.
+        sketches: (key, sketch, flags).
+        captions: (key, captions, flags) from `captions/final`.
+        latents: (key, latents): each key's latents ledger rows (one per VAE), and `latent_rows`, the
+            same rows flat.
     """
 
-    fps: dict[str, dict[str, str]]
-    masks: dict[str, tuple[str, str]] | None
-    sketches: dict[str, tuple[str, list[str]]] | None
-    captions: dict[str, tuple[list[str], list[str]]] | None
-    latents: dict[str, dict[str, dict]] | None
+    fps: dict[str, pa.Table]
+    masks: pa.Table | None
+    sketches: pa.Table | None
+    captions: pa.Table | None
+    latents: pa.Table | None
+    latent_rows: pa.Table | None = None
 
-    def src(self, key: str, stages: tuple[str, ...]) -> str:
-        return "|".join(f"{s}:{self.fps.get(s, {}).get(key, '-')}" for s in stages)
+    def src(self, keys: pa.Array | pa.ChunkedArray, stages: tuple[str, ...]) -> pa.Array | pa.ChunkedArray:
+        """`stage:fp|stage:fp|...` for each key (`-` where a stage has no row for it)."""
+        parts = [pc.binary_join_element_wise(pa.scalar(f"{s}:"), pc.fill_null(by_key(self.fps.get(s), keys, "_fp"),
+                                                                               "-"), "")
+                 for s in stages]
+        return pc.binary_join_element_wise(*parts, "|") if parts else pa.array([""] * len(keys))
 
 
 def upstream(out: Path, stages: tuple[str, ...]) -> Upstream:
-    """Read the ledgers of `stages` (names from LEDGERS) that exist in `out`."""
-    fps = {s: {k: v[0] for k, v in Ledger(out, LEDGERS[s]).done().items()} for s in stages}
-    masks = sketches = captions = latents = None
+    """Read the ledgers of `stages` (names from LEDGERS) that exist in `out`, as per-key Arrow tables."""
+    fps = {s: Ledger(out, LEDGERS[s]).done().select(["key", "_fp"]) for s in stages}
+    masks = sketches = captions = latents = rows = None
     if "parse" in stages and (t := read_ledger(out, "parse", ["parser", "primary", "mask"])) is not None:
-        masks = {}
-        for r in _ok(t).to_pylist():
-            if r["mask"] and (r["primary"] or r["key"] not in masks):
-                masks[r["key"]] = (r["mask"], r["parser"] or "parse")
+        t = _ok(t)
+        t = t.filter(truthy(t["mask"]))
+        primary = pc.fill_null(t["primary"], False)
+        chosen = _last_per_key(t.filter(primary))  # the last primary row, else the first other one
+        others = _last_per_key(t.filter(pc.invert(primary)), first=True)
+        others = others.filter(pc.invert(pc.is_in(others["key"], value_set=chosen["key"])))
+        t = pa.concat_tables([chosen, others])
+        masks = pa.table({"key": t["key"], "mask": t["mask"],
+                          "parser": pc.if_else(truthy(t["parser"]), t["parser"], "parse")})
     if "sketch" in stages and (t := read_ledger(out, "sketches", ["sketch", "flags"])) is not None:
-        sketches = {r["key"]: (r["sketch"], list(r["flags"] or []))
-                    for r in _ok(t).to_pylist() if r["sketch"]}
+        t = _ok(t)
+        sketches = _last_per_key(t.filter(truthy(t["sketch"]))).select(["key", "sketch", "flags"])
     if "refine" in stages and (t := read_ledger(out, "captions/final", ["captions", "flags"])) is not None:
-        captions = {r["key"]: ([str(c) for c in r["captions"] or []], list(r["flags"] or []))
-                    for r in _ok(t).to_pylist()}
+        captions = _last_per_key(_ok(t)).select(["key", "captions", "flags"])
     if "latents" in stages and (t := read_ledger(out, "latents", LATENT_COLUMNS)) is not None:
-        latents = {}
-        for r in _ok(t).to_pylist():
-            latents.setdefault(r.pop("key"), {})[r["vae"]] = r
-    return Upstream(fps, masks, sketches, captions, latents)
+        t = _ok(t)
+        rows = _last_per_key(t, by=pc.binary_join_element_wise(t["key"], pc.fill_null(t["vae"], ""), "\0"))
+        if rows.num_rows:  # the last row per (key, VAE), gathered per key into a list (a stable sort)
+            by = rows.take(pc.sort_indices(rows, sort_keys=[("key", "ascending")]))
+            keys = by["key"].combine_chunks()
+            starts = np.concatenate([[0], np.flatnonzero(
+                pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)) + 1]).astype(np.int32)
+            nested = pa.StructArray.from_arrays([by[c].combine_chunks() for c in LATENT_COLUMNS], LATENT_COLUMNS)
+            lists = pa.ListArray.from_arrays(pa.array(np.append(starts, len(keys)).astype(np.int32)), nested)
+            latents = pa.table({"key": keys.take(pa.array(starts)), "latents": lists})
+    return Upstream(fps, masks, sketches, captions, latents, rows)
 
 
 LATENT_COLUMNS = ["vae", "model", "subfolder", "revision", "resolution", "channels", "scaling_factor",
                   "shift_factor", "kinds", "file", "sha256", "inputs"]
 
 
-def view_columns(index: pa.Table, up: Upstream, mask_source: str) -> dict[str, list]:
+def view_columns(index: pa.Table, up: Upstream, mask_source: str) -> dict[str, pa.Array]:
     """`_mask`, `_mask_source`, `_sketch` for each index row (the paths `load_views` reads)."""
-    masks, sources, sketches = [], [], []
-    gts = index["gt_mask"].to_pylist() if "gt_mask" in index.column_names else [None] * index.num_rows
-    for key, gt in zip(index["key"].to_pylist(), gts, strict=True):
-        parsed = (up.masks or {}).get(key)
-        if gt and mask_source in ("auto", "gt"):
-            masks.append(gt)
-            sources.append("gt")
-        elif parsed and mask_source in ("auto", "parse"):
-            masks.append(parsed[0])
-            sources.append(parsed[1])
-        else:
-            masks.append(None)
-            sources.append(None)
-        sk = (up.sketches or {}).get(key)
-        sketches.append(sk[0] if sk else None)
-    return {"_mask": masks, "_mask_source": sources, "_sketch": sketches}
+    keys, n = index["key"], index.num_rows
+    gt = index["gt_mask"] if "gt_mask" in index.column_names else pa.nulls(n, pa.string())
+    use_gt = pc.and_(truthy(gt), pa.scalar(mask_source in ("auto", "gt")))
+    parsed = by_key(up.masks, keys, "mask")
+    use_parse = pc.and_(pc.and_(pc.invert(use_gt), pc.is_valid(parsed)), pa.scalar(mask_source in ("auto", "parse")))
+    none = pa.nulls(n, pa.string())
+    mask = pc.if_else(use_gt, pc.cast(gt, pa.string()), pc.if_else(use_parse, parsed, none))
+    source = pc.if_else(use_gt, pa.scalar("gt"), pc.if_else(use_parse, by_key(up.masks, keys, "parser"), none))
+    return {"_mask": mask, "_mask_source": source, "_sketch": by_key(up.sketches, keys, "sketch")}
 
 
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -241,8 +274,15 @@ def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def _plain(v: Any) -> Any:
-    """List cells arrive as numpy arrays (of arrays, for nested lists): plain Python lists."""
-    return [_plain(x) for x in v.tolist()] if isinstance(v, np.ndarray) else v
+    """List cells arrive as numpy arrays (of arrays, for nested lists; struct cells as dicts): plain
+    Python lists and dicts."""
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
 
 
 def dumps(obj: Any) -> str:

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.config import ConfigError, StageConfig, must_exist, volatile
+from pipeline.core.files import update_bytes
 from pipeline.core.ledger import OK, atomic_write_bytes, atomic_write_table, sha256_file
 from pipeline.core.stage import INDEX, INDEX_SHA, Stage, StageContext
 from pipeline.data.images import FORMAT_EXT, SWAPS_AXES, exif_orientation
@@ -326,10 +327,11 @@ class IngestStage(Stage):
     @classmethod
     def inputs(cls, cfg: IngestConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
         found = scan(cfg)
-        lines = [f"{_tsv(path)}\t{_tsv(why)}" for path, why in found.ignored]
-        text = "\n".join(lines) + "\n" if lines else ""
-        # surrogateescape writes a non-UTF-8 file name back as its original bytes instead of failing
-        atomic_write_bytes(ctx.out / "ingest" / "ignored.tsv", text.encode(errors="surrogateescape"))
+        if not ctx.read_only:
+            lines = [f"{_tsv(path)}\t{_tsv(why)}" for path, why in found.ignored]
+            text = "\n".join(lines) + "\n" if lines else ""
+            # surrogateescape writes a non-UTF-8 file name back as its original bytes instead of failing
+            update_bytes(ctx.out / "ingest" / "ignored.tsv", text.encode(errors="surrogateescape"))
         return pa.Table.from_pylist(found.rows, schema=SCAN_SCHEMA)
 
     @classmethod
@@ -352,4 +354,4 @@ class IngestStage(Stage):
         table = table.append_column("duplicate_of", pc.if_else(dup, twin, pa.scalar(None, pa.string())))
         sha = atomic_write_table(table.drop_columns(["_fp"]), ctx.out / INDEX)
         # `sha256sum -c ingest/index.sha256` (run in OUT) and `verify` check the index against it
-        atomic_write_bytes(ctx.out / INDEX_SHA, f"{sha}  {INDEX}\n".encode())
+        update_bytes(ctx.out / INDEX_SHA, f"{sha}  {INDEX}\n".encode())

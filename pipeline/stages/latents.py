@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.config import ConfigError, StageConfig, model_ref, volatile
 from pipeline.core.devices import batch_independent
@@ -236,10 +237,10 @@ class LatentsStage(Stage):
         table = default_inputs(ctx, requires)
         up = upstream(ctx.out, UPSTREAM)
         for name, values in view_columns(table, up, cfg.mask_source).items():
-            table = table.append_column(name, pa.array(values, pa.string()))
-        cols = [table[c].to_pylist() for c in ("_src", "key", "_mask")]
-        src = [f"{s}|{up.src(k, UPSTREAM)}|{m}" for s, k, m in zip(*cols, strict=True)]
-        return table.set_column(table.schema.get_field_index("_src"), "_src", pa.array(src, pa.string()))
+            table = table.append_column(name, values)
+        src = pc.binary_join_element_wise(table["_src"], up.src(table["key"], UPSTREAM),
+                                          pc.fill_null(table["_mask"], "None"), "|")
+        return table.set_column(table.schema.get_field_index("_src"), "_src", src)
 
     @classmethod
     def finalize(cls, cfg: LatentsConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:

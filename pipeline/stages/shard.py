@@ -43,7 +43,7 @@ from pipeline.core.stage import Stage, StageContext, default_inputs
 from pipeline.data.arrays import read_npz_members
 from pipeline.data.labels import class_pixel_counts
 from pipeline.data.shard_assembly import assemble, build_index, plan_shards, vae_info
-from pipeline.data.views import ViewError, dumps, load_views, rows_of, upstream, view_columns
+from pipeline.data.views import ViewError, by_key, dumps, load_views, rows_of, truthy, upstream, view_columns
 from pipeline.data.wds import sample_fragment
 
 UPSTREAM = ("refine", "parse", "sketch", "latents")
@@ -138,7 +138,9 @@ class ShardStage(Stage):
     def prepare(self, r: dict[str, Any]) -> dict[str, Any]:
         row = {"key": r["key"], "status": OK, "error": "", "split": r["split"], "source": r["source"],
                "license": r["license"]}
-        up = json.loads(r["_up"])
+        up = {"captions": r.get("_captions"), "caption_flags": r.get("_caption_flags") or [],
+              "sketch_flags": r.get("_sketch_flags") or [], "expect": json.loads(r["_expect"]),
+              "latents": {lr["vae"]: lr for lr in r.get("_latents") or []}}
         try:
             v = load_views(self.ctx.out, r, int(r["_resolution"]))
         except ViewError as e:
@@ -206,29 +208,36 @@ class ShardStage(Stage):
 
     @classmethod
     def inputs(cls, cfg: ShardConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
+        """Index rows with the upstream outputs each sample needs joined on as Arrow columns (captions,
+        flags, latents rows); `prepare` reads them per batch. No Python object per key is built here."""
         table = default_inputs(ctx, requires)
         up = upstream(ctx.out, UPSTREAM)
         resolution = _resolution(cfg, up)
         for name, values in view_columns(table, up, cfg.mask_source).items():
-            table = table.append_column(name, pa.array(values, pa.string()))
+            table = table.append_column(name, values)
+        keys, n = table["key"], table.num_rows
         # A missing field is flagged only where its stage ran: no `no_sketch` on every sample of a run
         # that never made sketches (the dataset card says which fields exist at all).
-        expect = {"mask": up.masks is not None or any(table["_mask"].to_pylist()),
+        expect = {"mask": up.masks is not None or bool(pc.any(truthy(table["_mask"])).as_py()),
                   "sketch": up.sketches is not None, "captions": up.captions is not None,
                   "latents": up.latents is not None}
-        ups, srcs = [], []
-        cols = {n: table[n].to_pylist() for n in ("key", "_src", "split", "license", "source_url", "_mask")}
-        for i, key in enumerate(cols["key"]):
-            caps, cap_flags = (up.captions or {}).get(key, (None, []))
-            sketch_flags = ((up.sketches or {}).get(key) or (None, []))[1]
-            ups.append(dumps({"captions": caps, "caption_flags": cap_flags, "sketch_flags": sketch_flags,
-                              "latents": (up.latents or {}).get(key, {}), "expect": expect}))
-            srcs.append("|".join(str(x) for x in (cols["_src"][i], up.src(key, UPSTREAM), resolution,
-                                                  cols["split"][i], cols["license"][i], cols["source_url"][i],
-                                                  cols["_mask"][i])))
-        table = table.append_column("_up", pa.array(ups, pa.string()))
-        table = table.append_column("_resolution", pa.array([resolution] * table.num_rows, pa.int32()))
-        return table.set_column(table.schema.get_field_index("_src"), "_src", pa.array(srcs, pa.string()))
+        empty = pa.list_(pa.string())
+        table = table.append_column("_captions", by_key(up.captions, keys, "captions") if up.captions
+                                    else pa.nulls(n, empty))
+        table = table.append_column("_caption_flags", by_key(up.captions, keys, "flags") if up.captions
+                                    else pa.nulls(n, empty))
+        table = table.append_column("_sketch_flags", by_key(up.sketches, keys, "flags") if up.sketches
+                                    else pa.nulls(n, empty))
+        if up.latents is not None:
+            table = table.append_column("_latents", by_key(up.latents, keys, "latents"))
+        table = table.append_column("_expect", pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([dumps(expect)])))
+        table = table.append_column("_resolution", pa.array(np.full(n, resolution, np.int32)))
+        text = [pc.fill_null(pc.cast(table[c], pa.string()), "None")
+                for c in ("split", "license", "source_url", "_mask")]
+        src = pc.binary_join_element_wise(table["_src"], up.src(keys, UPSTREAM), pa.scalar(str(resolution)),
+                                          *text, "|")
+        return table.set_column(table.schema.get_field_index("_src"), "_src", src)
 
     @classmethod
     def finalize(cls, cfg: ShardConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:
@@ -264,7 +273,8 @@ def _restage(stage: ShardStage, inputs: pa.Table, keys: list[str]) -> None:
 
 
 def _resolution(cfg: ShardConfig, up: Any) -> int:
-    found = Counter(r["resolution"] for vaes in (up.latents or {}).values() for r in vaes.values())
+    rows = up.latent_rows
+    found = Counter(rows["resolution"].to_pylist()) if rows is not None and rows.num_rows else Counter()
     if cfg.resolution is None:
         return found.most_common(1)[0][0] if found else 256
     if found and cfg.resolution not in found:

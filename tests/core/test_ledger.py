@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 
 from pipeline.core.ledger import BASE_SCHEMA, Ledger, part_sha
@@ -14,6 +15,10 @@ def part(rows: list[tuple[str, str, str]]) -> pa.Table:
                     schema=BASE_SCHEMA)
 
 
+def done(led: Ledger) -> dict:
+    return {r["key"]: (r["_fp"], r["n_ok"], r["n"]) for r in led.done().to_pylist()}
+
+
 def test_latest_part_wins_per_key_and_keeps_multi_row_keys(tmp_path):
     led = Ledger(tmp_path, "captions/raw")
     led.write(part([("a", "ok", "f1"), ("a", "ok", "f1"), ("b", "decode_error", "f1")]))
@@ -21,7 +26,9 @@ def test_latest_part_wins_per_key_and_keeps_multi_row_keys(tmp_path):
     t = led.read()
     assert sorted(zip(t["key"].to_pylist(), t["status"].to_pylist(), strict=True)) == [
         ("a", "ok"), ("a", "ok"), ("b", "ok")]
-    assert led.done() == {"a": ("f1", 2, 2), "b": ("f2", 1, 1)}
+    assert done(led) == {"a": ("f1", 2, 2), "b": ("f2", 1, 1)}
+    looked = led.lookup(pa.array(["b", "zz", "a"])).to_pylist()
+    assert [r["key"] for r in looked] == ["b", None, "a"] and looked[2]["n"] == 2
     assert led.counts() == {"ok": 3}
     assert led.ok_keys() == {"a", "b"}
 
@@ -36,6 +43,41 @@ def test_compact_folds_parts_into_the_resolved_view(tmp_path):
     assert sorted(led.read().to_pylist(), key=lambda r: r["key"]) == before
 
 
+def test_compaction_in_bounded_pieces_keeps_every_key_whole_and_resolves_the_same(tmp_path):
+    led = Ledger(tmp_path, "s")
+    for i in range(6):  # keys k0..k9, three rows each, rewritten by later parts
+        led.write(part([(f"k{j}", "ok", f"v{i}") for j in range(i, i + 5) for _ in range(3)]))
+    led.write(BASE_SCHEMA.empty_table())
+    before = sorted(led.read().to_pylist(), key=lambda r: (r["key"], r["_fp"]))
+    led.compact(rows_per_part=7)
+    parts = led.parts()
+    assert len(parts) > 1
+    owners = {}
+    for _, p in parts:
+        for k in set(pa.parquet.read_table(p)["key"].to_pylist()):
+            assert k not in owners, "a key's rows were split across parts"
+            owners[k] = p
+    assert sorted(led.read().to_pylist(), key=lambda r: (r["key"], r["_fp"])) == before
+    assert done(led)["k0"] == ("v0", 3, 3) and done(led)["k9"] == ("v5", 3, 3)
+
+
+def test_only_empty_parts_compact_to_one_empty_part(tmp_path):
+    led = Ledger(tmp_path, "s")
+    led.write(BASE_SCHEMA.empty_table())
+    led.write(BASE_SCHEMA.empty_table())
+    led.compact()
+    assert len(led.parts()) == 1 and led.read().num_rows == 0
+
+
+def test_part_numbers_follow_a_folder_changed_behind_the_ledgers_back(tmp_path):
+    a, b = Ledger(tmp_path, "s"), Ledger(tmp_path, "s")
+    a.write(part([("x", "ok", "1")]))
+    b.write(part([("x", "ok", "2")]))  # another writer: a's remembered number is stale
+    a.write(part([("x", "ok", "3")]))
+    assert [seq for seq, _ in a.parts()] == [0, 1, 2]
+    assert done(a)["x"][0] == "3"
+
+
 def test_stale_temporaries_are_removed_and_never_read(tmp_path):
     led = Ledger(tmp_path, "s")
     led.write(part([("a", "ok", "1")]))
@@ -47,7 +89,7 @@ def test_stale_temporaries_are_removed_and_never_read(tmp_path):
 
 def test_empty_ledger_reads_empty(tmp_path):
     led = Ledger(tmp_path, "nothing")
-    assert led.read().num_rows == 0 and led.done() == {} and led.counts() == {}
+    assert led.read().num_rows == 0 and done(led) == {} and led.counts() == {}
 
 
 def test_parts_with_evolved_schema_still_concatenate(tmp_path):

@@ -229,7 +229,7 @@ def test_a_raising_parser_keeps_the_other_parsers_map(models, demo_data, tmp_pat
         good = {r["parser"]: r for r in rows if r["key"] == key}
         assert good["farl"]["status"] == "ok" and good["farl"]["primary"] and good["farl"]["fallback_for"] is None
     # downstream stages (latents, shard) take the key's mask from the row marked primary
-    masks = upstream(out, ("parse",)).masks
+    masks = {r["key"]: (r["mask"], r["parser"]) for r in upstream(out, ("parse",)).masks.to_pylist()}
     assert masks["photos/astronaut"] == ("masks/photos/astronaut.png", "segformer")
     assert masks["photos/grace_hopper"] == ("masks/photos/grace_hopper.png", "farl")
 
