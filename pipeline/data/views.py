@@ -158,7 +158,7 @@ def read_ledger(out: Path, rel: str, columns: list[str]) -> pa.Table | None:
     ledger = Ledger(out, rel)
     if not ledger.parts():
         return None
-    t = ledger.read()
+    t = ledger.read(["key", "status", *columns])  # only these columns are read from the parts
     for c in columns:
         if c not in t.column_names:
             t = t.append_column(c, pa.nulls(t.num_rows))
