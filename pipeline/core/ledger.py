@@ -325,6 +325,50 @@ class Ledger:
             path.unlink(missing_ok=True)
 
 
+def rows_by_key(table: pa.Table, keys: pa.Array | pa.ChunkedArray, chunk: int = 1 << 16):
+    """For each of `keys` (in their order) that has rows in `table`: (key, its rows as dicts, in the
+    table's order), yielded in chunks of `chunk` keys, so only one chunk is ever Python objects (a
+    stable sort by key, run boundaries, then one `take` per chunk)."""
+    if not table.num_rows or not len(keys):
+        return
+    table = table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")]))  # stable: row order kept
+    sorted_keys = table["key"].combine_chunks()
+    starts = np.concatenate([[0], np.flatnonzero(
+        pc.not_equal(sorted_keys[1:], sorted_keys[:-1]).to_numpy(zero_copy_only=False)) + 1])
+    ends = np.append(starts[1:], len(sorted_keys))
+    pos = pc.index_in(keys, value_set=sorted_keys.take(pa.array(starts)))
+    found = pc.is_valid(pos)
+    keys, pos = pc.filter(keys, found), pc.filter(pos, found).to_numpy(zero_copy_only=False)
+    for lo in range(0, len(pos), chunk):
+        p = pos[lo:lo + chunk]
+        lengths = ends[p] - starts[p]
+        first = np.repeat(starts[p] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        rows = table.take(pa.array(first + np.arange(lengths.sum()))).to_pylist()
+        at = 0
+        for key, n in zip(keys[lo:lo + chunk].to_pylist(), lengths.tolist(), strict=True):
+            yield key, rows[at:at + n]
+            at += n
+
+
+def string_table(records, names: tuple[str, ...], chunk: int = 1 << 16) -> pa.Table:
+    """A table of string columns from an iterator of tuples, made Arrow every `chunk` records (so at
+    most one chunk of them is ever Python objects)."""
+    arrays: dict[str, list[pa.Array]] = {n: [] for n in names}
+    buffer: list[tuple] = []
+
+    def flush() -> None:
+        for n, values in zip(names, zip(*buffer, strict=True) if buffer else [()] * len(names), strict=True):
+            arrays[n].append(pa.array(values, pa.string()))
+        buffer.clear()
+
+    for record in records:
+        buffer.append(record)
+        if len(buffer) >= chunk:
+            flush()
+    flush()
+    return pa.table({n: pa.chunked_array(arrays[n], pa.string()) for n in names})
+
+
 def _mtime(d: Path) -> int | None:
     try:
         return os.stat(d).st_mtime_ns

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.config import StageConfig, volatile
-from pipeline.core.ledger import OK, Ledger
+from pipeline.core.ledger import OK, Ledger, rows_by_key, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.text.clean_rules import RULE_NAMES, clean_text, is_list
 from pipeline.text.tokens import CONTEXT_LENGTH, count_tokens, trim_to_budget
@@ -60,17 +60,15 @@ class CleanConfig(StageConfig):
             raise ValueError(f"disable: unknown rule(s) {', '.join(unknown)}; rules: {', '.join(RULE_NAMES)}")
 
 
-def raw_rows_by_key(out: Any, keys: set[str] | None = None) -> dict[str, list[dict[str, str]]]:
-    """The caption ledger's rows grouped per key, in prompt order as written."""
+def raw_rows_by_key(out: Any, keys: pa.Array | pa.ChunkedArray):
+    """(key, its caption ledger rows in prompt order as written) for each of `keys` that has rows, in
+    their order; Python objects for one chunk of keys at a time (`rows_by_key`)."""
     t = Ledger(out, RAW_LEDGER).read(["key", *RAW_COLUMNS])
-    if not t.num_rows:
-        return {}
-    cols = {c: (t[c].to_pylist() if c in t.column_names else [""] * t.num_rows) for c in ("key", *RAW_COLUMNS)}
-    grouped: dict[str, list[dict[str, str]]] = {}
-    for i, k in enumerate(cols["key"]):
-        if keys is None or k in keys:
-            grouped.setdefault(k, []).append({c: cols[c][i] or "" for c in RAW_COLUMNS})
-    return grouped
+    for c in RAW_COLUMNS:
+        if c not in t.column_names:
+            t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+    for key, rows in rows_by_key(t, keys):
+        yield key, [{c: r[c] or "" for c in RAW_COLUMNS} for r in rows]
 
 
 class CleanStage(Stage):
@@ -84,13 +82,12 @@ class CleanStage(Stage):
 
     @classmethod
     def inputs(cls, cfg: CleanConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
-        ok_keys = ctx.index(["key"])["key"].to_pylist()
-        grouped = raw_rows_by_key(ctx.out, set(ok_keys))
-        keys = [k for k in ok_keys if k in grouped]
-        rows = [json.dumps(grouped[k], sort_keys=True, ensure_ascii=False) for k in keys]
-        src = [hashlib.sha1(r.encode()).hexdigest()[:20] for r in rows]
-        return pa.table({"key": pa.array(keys, pa.string()), "rows": pa.array(rows, pa.string()),
-                         "_src": pa.array(src, pa.string())})
+        def records():
+            for key, raw in raw_rows_by_key(ctx.out, ctx.index(["key"])["key"]):
+                text = json.dumps(raw, sort_keys=True, ensure_ascii=False)
+                yield key, text, hashlib.sha1(text.encode()).hexdigest()[:20]
+
+        return string_table(records(), ("key", "rows", "_src"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {n: [] for n in ("key", "status", "error", *self.schema.names)}

@@ -35,9 +35,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, volatile
-from pipeline.core.ledger import OK, Ledger
+from pipeline.core.ledger import OK, Ledger, rows_by_key, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
 from pipeline.engines import stats as engine_stats
@@ -160,20 +161,21 @@ class RefineStage(Stage):
     @classmethod
     def inputs(cls, cfg: RefineConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
         t = Ledger(ctx.out, "captions/clean").read(["key", "status", "prompt_id", "text"])
-        ok = set(ctx.index(["key"])["key"].to_pylist())
-        grouped: dict[str, list[list[str]]] = {}
-        for k, s, pid, text in zip(*(t[c].to_pylist() for c in ("key", "status", "prompt_id", "text")), strict=True):
-            if s == OK and k in ok:
-                grouped.setdefault(k, []).append([pid, text])
+        t = t.filter(pc.equal(t["status"], OK)).select(["key", "prompt_id", "text"])
         index = ctx.index(["key", "gt_mask"])
-        gt = {k: g for k, g in zip(index["key"].to_pylist(), index["gt_mask"].to_pylist(), strict=True) if g}
-        evidence = mask_evidence(ctx.out, cfg, gt)
-        keys = sorted(grouped)
-        blobs = [json.dumps({"captions": grouped[k], "evidence": (evidence or {}).get(k, {})}, sort_keys=True)
-                 for k in keys]
-        src = [hashlib.sha1(b.encode()).hexdigest()[:20] for b in blobs]
-        return pa.table({"key": keys, "inputs": blobs, "_src": src}, schema=pa.schema(
-            [("key", pa.string()), ("inputs", pa.string()), ("_src", pa.string())]))
+        gt = index.filter(pc.fill_null(pc.not_equal(index["gt_mask"], ""), False))
+        evidence = mask_evidence(ctx.out, cfg, dict(zip(gt["key"].to_pylist(), gt["gt_mask"].to_pylist(),
+                                                         strict=True)))
+        keys = pc.filter(index["key"], pc.is_in(index["key"], value_set=t["key"]))
+        keys = keys.take(pc.sort_indices(keys))  # sorted, as the blobs always were
+
+        def records():  # one chunk of keys is Python objects at a time (rows_by_key)
+            for key, rows in rows_by_key(t, keys):
+                blob = json.dumps({"captions": [[r["prompt_id"], r["text"]] for r in rows],
+                                   "evidence": (evidence or {}).get(key, {})}, sort_keys=True)
+                yield key, blob, hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+        return string_table(records(), ("key", "inputs", "_src"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {n: [] for n in ("key", "status", "error", *self.schema.names)}

@@ -107,3 +107,15 @@ def test_part_names_are_sequential(tmp_path, seq):
     (led.dir / f"part-{seq:06d}.parquet").write_bytes(b"")  # only the name matters for numbering
     name = led.write(part([("a", "ok", "1")])).name
     assert name.startswith(f"part-{seq + 1:06d}.") and part_sha(led.dir / name) is not None
+
+
+def test_rows_by_key_yields_each_keys_rows_in_order_one_chunk_at_a_time():
+    from pipeline.core.ledger import rows_by_key, string_table
+
+    t = pa.table({"key": ["b", "a", "b", "c", "a"], "v": [1, 2, 3, 4, 5]})
+    got = [(k, [r["v"] for r in rows]) for k, rows in rows_by_key(t, pa.array(["c", "zz", "a", "b"]), chunk=2)]
+    assert got == [("c", [4]), ("a", [2, 5]), ("b", [1, 3])]  # the keys' order, rows as written
+    table = string_table(((k, str(len(r))) for k, r in rows_by_key(t, pa.array(["a", "b", "c"]), chunk=1)),
+                         ("key", "n"), chunk=2)
+    assert table.to_pylist() == [{"key": "a", "n": "2"}, {"key": "b", "n": "2"}, {"key": "c", "n": "1"}]
+    assert string_table(iter(()), ("key",)).num_rows == 0
