@@ -6,10 +6,12 @@ captions, FLUX and SD latents of image/mask/sketch, json):
   stage       what the shard stage's workers do besides decoding: tar fragment + atomic write per sample
   assemble    what finalize does: plan + concatenate fragments into shards + sha256 + fsync + rename
   webdataset  webdataset.ShardWriter on the same members (when installed), for reference
-Read (samples/s over the shards just written, warm page cache):
+Read (samples/s over the shards just written, warm page cache; each reader once to warm up, then
+--read-repeats rounds (decoded: --decode-repeats) in rotating order; medians, and the median of the
+per-round time ratios to webdataset's, so other work on the machine moves both sides of a ratio alike):
   bare tar    tarfile streaming over a buffered file, every member's bytes read
   ours        pipeline.data.wds.iter_tar (grouped by sample); + decode: every field decoded (PIL, json, npy)
-  webdataset  WebDataset(...) raw, and with the dataset card's decode recipe (when installed)
+  webdataset  WebDataset(urls) raw iteration (the baseline), and with the dataset card's decode recipe
 VAE encode (images/s; image, mask and sketch all count as images):
   tiny        the tiny FLUX-layout VAE through LatentsStage.encode on the CPU (fp32)
   --real-size the FLUX.1 VAE architecture (block_out 128/256/512/512, 2 layers per block, 16 latent
@@ -33,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -126,40 +129,56 @@ def bench_write(samples: list, work: Path, max_bytes: int) -> tuple[dict[str, fl
     return results, out / "shards"
 
 
-def bench_read(shards: Path, n: int) -> dict[str, float]:
+def bench_read(shards: Path, n: int, repeats: int = 5, decode_repeats: int = 3) -> dict[str, tuple[float, float | None]]:
+    """{reader: (median seconds, median ratio of its time to webdataset's in the same round, or None)}."""
     from pipeline.data.wds import decode_sample, iter_tar
 
     urls = sorted(str(p) for p in shards.glob("train-*.tar"))
-    results = {}
-    t0 = time.perf_counter()
-    for u in urls:  # the fastest plain tarfile read: streaming over a buffered file
-        with open(u, "rb", buffering=1 << 20) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
-            for m in tf:
-                tf.extractfile(m).read()  # type: ignore[union-attr]
-    results["bare tar"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    assert sum(1 for u in urls for _ in iter_tar(u)) == n
-    results["ours raw"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for u in urls:
-        for _, f in iter_tar(u):
-            decode_sample(f)
-    results["ours decoded"] = time.perf_counter() - t0
+
+    def bare() -> int:  # the fastest plain tarfile read: streaming over a buffered file
+        members = 0
+        for u in urls:
+            with open(u, "rb", buffering=1 << 20) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
+                for m in tf:
+                    tf.extractfile(m).read()  # type: ignore[union-attr]
+                    members += 1
+        return members
+
+    def ours_raw() -> int:
+        return sum(1 for u in urls for _ in iter_tar(u))
+
+    def ours_decoded() -> int:
+        return sum(1 for u in urls for _, f in iter_tar(u) if decode_sample(f) is not None)
+
+    raw = {"bare tar": bare, "ours raw": ours_raw}
+    decoded = {"ours decoded": ours_decoded}
     try:
         import webdataset as wds
         from PIL import Image
 
-        t0 = time.perf_counter()
-        assert sum(1 for _ in wds.WebDataset(urls, shardshuffle=False)) == n
-        results["webdataset raw"] = time.perf_counter() - t0
         grey = lambda b: np.asarray(Image.open(io.BytesIO(b)))  # noqa: E731 - the dataset card's recipe
-        t0 = time.perf_counter()
-        for _ in wds.WebDataset(urls, shardshuffle=False).decode(wds.handle_extension("mask.png sketch.png", grey), "rgb8"):
-            pass
-        results["webdataset decoded"] = time.perf_counter() - t0
+        raw["webdataset raw"] = lambda: sum(1 for _ in wds.WebDataset(urls, shardshuffle=False))
+        decoded["webdataset decoded"] = lambda: sum(1 for _ in wds.WebDataset(urls, shardshuffle=False).decode(
+            wds.handle_extension("mask.png sketch.png", grey), "rgb8"))
     except ImportError:
         pass
-    return results
+    times: dict[str, list[float]] = {}
+    for group, rounds in ((raw, repeats), (decoded, decode_repeats)):
+        names = list(group)
+        for name in names:  # warm-up: page cache, imports, first-call costs
+            got = group[name]()
+            assert name == "bare tar" or got == n, (name, got, n)
+        for r in range(max(1, rounds)):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                group[name]()
+                times.setdefault(name, []).append(time.perf_counter() - t0)
+    out: dict[str, tuple[float, float | None]] = {}
+    for name, ts in times.items():
+        base = times.get("webdataset decoded" if "decoded" in name else "webdataset raw")
+        ratio = statistics.median(a / b for a, b in zip(ts, base, strict=True)) if base else None
+        out[name] = (statistics.median(ts), ratio)
+    return out
 
 
 def bench_tiny_vae(res: int, n: int, batch: int) -> float:
@@ -227,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                          "imports torch and diffusers only)")
     ap.add_argument("--real-size", action="store_true", help="also run the real-size FLUX/SD VAEs on CUDA (bf16)")
     ap.add_argument("--steps", type=int, default=20, help="timed batches per real-size VAE measurement")
+    ap.add_argument("--read-repeats", type=int, default=5, help="timed rounds of the raw shard readers")
+    ap.add_argument("--decode-repeats", type=int, default=3, help="timed rounds of the decoding shard readers")
     args = ap.parse_args(argv)
     print(f"bench_shard: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
 
@@ -244,9 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("stage+assemble", f"{mb / both:,.0f} MB/s", f"{both / w['floor']:.2f}x the floor's time "
                                                                       "(our bytes go to disk twice)"))
             _print(f"write {mb:,.0f} MB of samples ({mb * 1e6 / args.n / 1e3:,.0f} kB each)", rows)
-            r = bench_read(shards, args.n)
-            _print("read (warm cache)", [(k, f"{args.n / s:,.0f} samples/s", f"{s / r['bare tar']:.2f}x the bare tar's time")
-                                         for k, s in r.items()])
+            r = bench_read(shards, args.n, args.read_repeats, args.decode_repeats)
+            _print(f"read (warm cache; medians of {args.read_repeats} rounds, decoded {args.decode_repeats})",
+                   [(k, f"{args.n / s:,.0f} samples/s",
+                     f"{s / r['bare tar'][0]:.2f}x the bare tar's time"
+                     + (f", {ratio:.2f}x webdataset's (median of paired rounds)" if ratio is not None else ""))
+                    for k, (s, ratio) in r.items()])
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

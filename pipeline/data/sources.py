@@ -17,9 +17,10 @@ import os
 import re
 import stat
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,6 +36,7 @@ SCAN_SCHEMA = pa.schema([
     ("gt_masks", pa.string()), ("preset_error", pa.string()),
 ])
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CLEAN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # what safe_part returns unchanged (within the limit)
 SOURCE_TYPES = ("folder", "celebamask-hq", "ffhq", "webdataset", "parquet")
 DEFAULT_NAMES = {"celebamask-hq": "celebahq", "ffhq": "ffhq", "webdataset": "wds", "parquet": "parquet"}
 CELEBA_ANNO_DIRS = ("CelebAMask-HQ-mask-anno", "CelebAMaskHQ-mask-anno")
@@ -53,6 +55,8 @@ class Scan:
 
 def safe_part(text: str, limit: int = 80) -> str:
     """One key component: `[A-Za-z0-9._-]` only, no leading dots; a hash suffix keeps changed names unique."""
+    if len(text) <= limit and _CLEAN.fullmatch(text):  # the common case, exactly what the lines below return
+        return text
     clean = _UNSAFE.sub("_", text).lstrip(".") or "_"
     if clean != text or len(clean) > limit:
         clean = f"{clean[:limit]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
@@ -68,7 +72,7 @@ def make_key(source: str, rel: PurePosixPath | str) -> str:
     stem, ext = os.path.splitext(parts[-1])
     if ext.lower() in _KNOWN_EXT:
         parts[-1] = stem
-    return "/".join([source, *(safe_part(p) for p in parts)])
+    return "/".join([source, *map(safe_part, parts)])
 
 
 def detect_type(path: Path) -> str:
@@ -83,27 +87,41 @@ def detect_type(path: Path) -> str:
         return "celebamask-hq"
     if (path / "images1024x1024").is_dir() or (path / FFHQ_JSON).is_file():
         return "ffhq"
-    names = [n for n in os.listdir(path) if not n.startswith(".")]
-    if names and all(n.endswith(".tar") for n in names):
+    tars = parquets = True  # every name not starting with a dot ends so (and there is one)
+    names = False
+    with os.scandir(path) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            names = True
+            tars, parquets = tars and e.name.endswith(".tar"), parquets and e.name.endswith(".parquet")
+            if not (tars or parquets):  # a folder of images: no need to list the rest
+                break
+    if names and tars:
         return "webdataset"
-    if names and all(n.endswith(".parquet") for n in names):
+    if names and parquets:
         return "parquet"
     return "folder"
 
 
+_EMPTY_ROW = dict.fromkeys(SCAN_SCHEMA.names)  # every column, in schema order, None
+
+
 def _row(key: str, source: str, kind: str, path: str, size: int, src: str, **extra: Any) -> dict[str, Any]:
-    row = {f.name: None for f in SCAN_SCHEMA}
+    row = _EMPTY_ROW.copy()
     row.update(key=key, source=source, kind=kind, path=path, member="", offset=0, size=size, _src=src)
     row.update(extra)
     return row
 
 
-def _stat_id(path: str) -> tuple[int, str]:
-    try:
-        st = os.stat(path)
-        return st.st_size, f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError as e:  # a broken symlink still becomes a row; reading it reports the reason
-        return 0, f"missing:{e.errno}"
+def _stat_id(path: str, st: os.stat_result | None = None) -> tuple[int, str]:
+    """(size, identity) of a file; `st`, when given, is its `os.stat` already taken (by the walk)."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError as e:  # a broken symlink still becomes a row; reading it reports the reason
+            return 0, f"missing:{e.errno}"
+    return st.st_size, f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _within(target: str, boundary: str) -> bool:
@@ -130,6 +148,17 @@ def walk_files(root: Path, ignored: list[tuple[str, str]] | None = None, *, boun
     A symlink that resolves outside `boundary` (default: root) is not followed, so a link to /etc
     cannot put a system file into the index; it goes to `ignored` with the reason, as does a folder
     that cannot be listed."""
+    for path, rel, _st in _walk(root, ignored, boundary=boundary, follow_external_symlinks=follow_external_symlinks):
+        yield path, rel
+
+
+_BY_NAME = attrgetter("name")
+
+
+def _walk(root: Path, ignored: list[tuple[str, str]] | None = None, *, boundary: Path | None = None,
+          follow_external_symlinks: bool = False) -> Iterator[tuple[str, str, os.stat_result | None]]:
+    """`walk_files` plus each file's `os.stat` as the walk took it (None where that failed), so a scan
+    does not stat every file a second time."""
     ignored = [] if ignored is None else ignored
     fence = os.path.realpath(boundary if boundary is not None else root)
     why = outside_link(root, fence, follow_external_symlinks)
@@ -137,21 +166,22 @@ def walk_files(root: Path, ignored: list[tuple[str, str]] | None = None, *, boun
         ignored.append((str(root), why))
         return
     seen: set[tuple[int, int]] = set()
-    queue = [(str(root), "")]
+    queue = deque([(str(root), "")])
     while queue:
-        d, rel = queue.pop(0)
+        d, rel = queue.popleft()
         try:
             st = os.stat(d)
             if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_BY_NAME)
         except OSError as e:
             ignored.append((d, f"cannot list this folder ({e.strerror or e}); its files are not read"))
             continue
         for e in entries:
             sub = f"{rel}{e.name}"
+            fst = None
             try:
                 why = outside_link(e.path, fence, follow_external_symlinks) if e.is_symlink() else None
                 if why:
@@ -160,22 +190,28 @@ def walk_files(root: Path, ignored: list[tuple[str, str]] | None = None, *, boun
                 if e.is_dir(follow_symlinks=True):
                     queue.append((e.path, sub + "/"))
                     continue
-                kind = _special(e.stat(follow_symlinks=True).st_mode)
+                fst = e.stat(follow_symlinks=True)  # os.stat(e.path), cached by the entry
+                kind = _special(fst.st_mode)
                 if kind:  # reading a fifo named photo.jpg would block the run forever
                     ignored.append((e.path, f"not a regular file ({kind}); not read"))
                     continue
             except OSError:
                 pass
-            yield e.path, sub
+            yield e.path, sub, fst
 
 
 def _special(mode: int) -> str | None:
     """What a non-regular file is (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
     for test, name in ((stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device")):
         if test(mode):
             return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
+    return "not a regular file"
+
+
+_KIND = {**dict.fromkeys(OTHER_IMAGE_EXTENSIONS, "other-image"), **dict.fromkeys(EXTENSIONS, "image")}
 
 
 def _classify(rel: str) -> str | None:
@@ -198,28 +234,38 @@ def _preset(kind: str, rel: str) -> str | None:
             f"(supported: {', '.join(e.lstrip('.') for e in EXTENSIONS)})")
 
 
+_BY_KEY = itemgetter("key")
+
+
 def _dedupe_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`a.jpg` and `a.png` in one folder would share a key: give colliding keys their extension."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[r["key"]].append(r)
-    for key, group in groups.items():
-        if len(group) > 1:
-            for r in group:
+    counts = Counter(map(_BY_KEY, rows))
+    if len(counts) < len(rows):
+        for r in rows:
+            key = r["key"]
+            if counts[key] > 1:
                 ext = os.path.splitext(r["member"] or r["path"])[1].lstrip(".").lower() or "noext"
                 r["key"] = f"{key}_{ext}"
-    return sorted(rows, key=lambda r: r["key"])
+    return sorted(rows, key=_BY_KEY)
 
 
 def scan_folder(root: Path, source: str, *, follow_external_symlinks: bool = False) -> Scan:
     rows, ignored = [], []
-    for path, rel in walk_files(root, ignored, follow_external_symlinks=follow_external_symlinks):
-        kind = _classify(rel)
+    folder, prefix = None, ""  # the key prefix of the folder being listed (the walk lists one at a time)
+    for path, rel, st in _walk(root, ignored, follow_external_symlinks=follow_external_symlinks):
+        # `_classify(rel)` and `make_key(source, rel)`, sharing the work: rel is "<folders>/<name>"
+        name = rel[rel.rfind("/") + 1:]
+        dot = name.rfind(".")
+        ext = name[dot:].lower() if dot > 0 else ""  # os.path.splitext for a name without a leading dot
+        kind = None if name.startswith(".") else _KIND.get(ext)
         if kind is None:
             ignored.append((path, "not an image file"))
             continue
-        size, src = _stat_id(path)
-        rows.append(_row(make_key(source, rel), source, "file", path, size,
+        if rel[:len(rel) - len(name)] != folder:
+            folder = rel[:len(rel) - len(name)]
+            prefix = "/".join([source, *map(safe_part, [p for p in folder.split("/") if p not in ("", ".")])])
+        size, src = _stat_id(path, st)
+        rows.append(_row(f"{prefix}/{safe_part(name[:dot])}", source, "file", path, size,
                          f"{src}:{path}", preset_error=_preset(kind, rel)))
     return Scan(_dedupe_keys(rows), ignored)
 
@@ -441,7 +487,7 @@ def read_bytes(row: dict[str, Any], cache: dict[str, Any] | None = None) -> byte
     """The encoded image of a scan row, from a file, a tar member or a parquet cell."""
     kind, path = row["kind"], row["path"]
     if kind == "file":
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:  # one read of the whole file, no buffer object in between
             return f.read()
     if kind == "tar":
         with open(path, "rb") as f:

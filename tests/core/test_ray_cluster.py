@@ -31,7 +31,7 @@ def facecurate(*args: str, timeout: int = 900) -> subprocess.Popen:
 
 def files(out: Path) -> dict[str, bytes]:
     """Every output file but the ones that name their folder (report titles) or hold mtimes."""
-    skip = {".lock", "manifest.resolved.yaml", ".assembly.json", "report.html"}
+    skip = {".lock", "manifest.resolved.yaml", ".assembly.json", ".finalized.json", "report.html"}
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and p.name not in skip and not p.name.startswith("part-") and ".tmp" not in p.parts}
 

@@ -23,7 +23,7 @@ from pipeline.core.run import load_resolved, run_manifest, stage_status
 from pipeline.ops.verify import apply_repairs, verify_run
 
 QUIET = Console(stderr=True, quiet=True)
-SKIP_IN_COMPARE = {"manifest.resolved.yaml", ".lock", ".assembly.json"}  # bookkeeping: mtimes of shards
+SKIP_IN_COMPARE = {"manifest.resolved.yaml", ".lock", ".assembly.json", ".finalized.json"}  # bookkeeping: mtimes
 
 
 def manifest_data(demo_data: Path, photos: Path, tiny_model) -> dict:

@@ -343,3 +343,29 @@ def test_tar_members_that_are_not_regular_files_are_listed_and_never_followed(tm
         f"{tar_path}#tty.jpg": "tar member is a device, not a regular file; not read",
         str(src / "notes.txt"): "not a .tar file",
     }
+
+
+def test_folder_scan_keys_kinds_and_identities_are_those_of_the_helpers(tmp_path):
+    """scan_folder works out each file's kind, key and identity in one pass over the walk (its stat, one
+    key prefix per folder): they must stay `_classify`'s, `make_key`'s and `_stat_id`'s."""
+    from pipeline.data.sources import _classify, _preset, _stat_id, make_key, scan_folder
+
+    names = ["a.jpg", "b.JPEG", "c.d.png", "sp ace.webp", "\u00fc \u540d.bmp", "x.gif", "y.TIFF", "..dots.jpg",
+             ".hidden.jpg", "noext", "trailing.", "notes.txt", "L" * 120 + ".jpg", "k.jpg.txt", "_u.Png"]
+    for folder in ("", "sub/", "sub/deeper dir/", "dir.with.dots/", "D" * 100 + "/", ".dot/"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            (tmp_path / folder / n).write_bytes(n.encode())
+    os.symlink("a.jpg", tmp_path / "link.jpg")
+    os.symlink("missing.jpg", tmp_path / "broken.jpg")
+    scan = scan_folder(tmp_path, "src")
+    rel = {r["path"]: os.path.relpath(r["path"], tmp_path) for r in scan.rows}
+    assert len(rel) == len(scan.rows) == 6 * 9 + 2
+    for r in scan.rows:
+        kind = _classify(rel[r["path"]])
+        assert r["key"] == make_key("src", rel[r["path"]]) and kind is not None
+        assert r["preset_error"] == _preset(kind, rel[r["path"]])
+        assert (r["size"], r["_src"]) == (_stat_id(r["path"])[0], f"{_stat_id(r['path'])[1]}:{r['path']}")
+    assert sorted(p for p, why in scan.ignored) == sorted(
+        str(p) for p in tmp_path.rglob("*") if p.is_file() and _classify(str(p.relative_to(tmp_path))) is None)
+    assert {why for _, why in scan.ignored} == {"not an image file"}

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pipeline.core.ledger import Ledger
 from pipeline.core.stage import StageContext
 from pipeline.data.arrays import read_npz_members
 from pipeline.data.labels import class_pixel_counts
-from pipeline.data.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment
+from pipeline.data.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment, split_name
 from pipeline.ops.verify import verify_run
 from tests.shard_helpers import (
     FAILED_PARSE,
@@ -362,6 +364,129 @@ def test_keys_encode_reversibly_into_safe_member_names(key, tmp_path):
     path = tmp_path / "t.tar"
     path.write_bytes(sample_fragment(key, [("jpg", b"x" * 700), ("a.b.npy", b"y")]) + END_OF_ARCHIVE)
     assert [(decode_key(k), sorted(f)) for k, f in iter_tar(path)] == [(key, ["a.b.npy", "jpg"])]
+
+
+def _outcome(read, path) -> tuple[list, tuple[str, str] | None]:
+    """(samples, (exception type, text) or None): everything a reader yields and how it ends."""
+    out = []
+    try:
+        for key, fields in read(path):
+            out.append((key, dict(fields)))
+    except Exception as e:  # noqa: BLE001 - what each reader raises is part of the comparison
+        return out, (type(e).__name__, str(e))
+    return out, None
+
+
+def _tarfile_reader(path):
+    """iter_tar on tarfile's stream reader (as it used to be): the reference for the fast reader."""
+    key, fields = None, {}
+    with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            k, ext = split_name(m.name)
+            if key is not None and k != key:
+                yield key, fields
+                fields = {}
+            key = k
+            if ext in fields:
+                raise ValueError(f"{path}: sample {k} has field {ext} twice")
+            fields[ext] = tf.extractfile(m).read()
+    if key is not None:
+        yield key, fields
+
+
+def _with_checksum(header: bytes) -> bytes:
+    blank = header[:148] + b" " * 8 + header[156:]
+    return blank[:148] + b"%06o\0 " % sum(blank) + blank[156:]
+
+
+def _reader_test_tars() -> dict[str, bytes]:
+    files = [("a.jpg", b"x" * 700), ("a.json", b"{}"), ("d/b.jpg", b"y" * 512), ("d/b.c.npy", b""),
+             ("L" * 120 + ".jpg", b"z" * 30), ("\u00fc/\u00f1.jpg", b"w" * 10), ("p/" * 60 + "c.jpg", b"v" * 5),
+             ("twice.jpg", b"1"), ("twice.jpg", b"2")]
+    tars = {}
+    for name, fmt, pax in (("ustar", tarfile.USTAR_FORMAT, None), ("gnu", tarfile.GNU_FORMAT, None),
+                           ("pax", tarfile.PAX_FORMAT, None), ("pax-global", tarfile.PAX_FORMAT, {"comment": "g"})):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=pax) as tf:
+            for i, (member, data) in enumerate(files):
+                if fmt == tarfile.USTAR_FORMAT and (not member.isascii() or len(member.rpartition("/")[2]) > 100):
+                    continue
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+                if i == 2:  # members to skip, never follow: links, a device, a fifo, a folder, an unknown type
+                    for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE, tarfile.DIRTYPE):
+                        other = tarfile.TarInfo(f"special-{kind.decode()}.jpg")
+                        other.type, other.linkname = kind, "../../etc/passwd"
+                        tf.addfile(other)
+                    other = tarfile.TarInfo("unknown.jpg")
+                    other.type, other.size = b"Z", 600
+                    tf.addfile(other, io.BytesIO(b"u" * 600))
+                    other = tarfile.TarInfo("v7-folder/")  # a regular-file type, but a folder by its name
+                    other.type = tarfile.AREGTYPE
+                    tf.addfile(other)
+        tars[name] = buf.getvalue()
+    ours = b"".join(sample_fragment(k, [("jpg", b"j" * (300 * n)), ("mask.png", b"m" * 3)])
+                    for n, k in enumerate(["photos/a", "ffhq/" + "z" * 120, "x.y/z", "celebahq/0"]))
+    tars["ours"] = ours + END_OF_ARCHIVE
+    return tars
+
+
+def test_iter_tar_reads_what_tarfiles_stream_reader_reads_from_any_tar(tmp_path):
+    """iter_tar parses plain headers itself: samples, and the error a damaged tar raises (and where), must
+    be tarfile's, for every tar flavour, every cut and every header damage here."""
+    path = tmp_path / "t.tar"
+    cases = 0
+    for name, data in _reader_test_tars().items():
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            headers = sorted({h for m in tf.getmembers() for h in (m.offset, m.offset_data - 512)})
+        variants = [data, b"", data[:100], data[:-1024]] + [data[:c] for c in range(0, len(data), 331)]
+        variants += [data[:h + d] for h in headers for d in (1, 511, 512, 513, 700)]
+        for h in headers:
+            header = data[h:h + 512]
+            for edit in (header[:124] + b"00007777777\0" + header[136:],     # past the end
+                         header[:124] + b"\x80" + (5).to_bytes(11, "big") + header[136:],   # base-256
+                         header[:124] + b"\xff" + (256**11 - 1000).to_bytes(11, "big") + header[136:],  # negative
+                         header[:124] + b" 12 \0".ljust(12, b"\0") + header[136:],   # spaces
+                         header[:100] + b"0000x44\0" + header[108:],      # a bad mode field
+                         header[:156] + b"5" + header[157:], header[:156] + b"x" + header[157:],  # type
+                         header[:345] + b"pre" + header[348:]):          # a ustar prefix
+                variants.append(data[:h] + _with_checksum(edit) + data[h + 512:])
+            variants.append(data[:h] + header[:150] + b"9" + header[151:] + data[h + 512:])  # bad checksum
+        for variant in variants:
+            path.write_bytes(variant)
+            assert _outcome(iter_tar, path) == _outcome(_tarfile_reader, path), (name, len(variant))
+            cases += 1
+    assert cases > 500
+
+
+@pytest.mark.timeout(60)
+def test_iter_tar_is_not_fooled_into_huge_reads_or_endless_seeks(tmp_path):
+    """A header may claim any size: iter_tar allocates nothing for it and fails fast (tarfile's stream
+    reader reads its way through an unknown member's claimed 2**62 bytes block by block, forever)."""
+    path = tmp_path / "t.tar"
+    member = sample_fragment("a", [("jpg", b"j" * 100)])
+    for kind, size in ((b"0", b"77777777777\0"), (b"Z", b"\x80" + (2**62).to_bytes(11, "big"))):
+        header = _with_checksum(member[:124] + size + member[136:156] + kind + member[157:512])
+        path.write_bytes(sample_fragment("first", [("jpg", b"f")]) + header + member[512:] + END_OF_ARCHIVE)
+        with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+            list(iter_tar(path))
+
+
+def test_iter_tar_reads_a_pipe_through_tarfile(tmp_path):
+    data = b"".join(sample_fragment(k, [("jpg", b"j" * 700), ("json", b"{}")]) for k in ("a", "b")) + END_OF_ARCHIVE
+    (tmp_path / "t.tar").write_bytes(data)
+    fifo = tmp_path / "fifo.tar"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        assert list(iter_tar(fifo)) == list(iter_tar(tmp_path / "t.tar")) == [
+            ("a", {"jpg": b"j" * 700, "json": b"{}"}), ("b", {"jpg": b"j" * 700, "json": b"{}"})]
+    finally:
+        writer.join()
 
 
 @pytest.mark.ray
