@@ -9,6 +9,7 @@ plus the upstream ledgers the shard stage reads (`captions/final` with ten capti
   pending   `pending_inputs`: fingerprints of the inputs against the ledger (nothing is pending)
   noop      a whole `run_stage` with nothing to do (inputs, ledger check, pending, finalize stamp)
   status    `facecurate status`'s computation for the stage (`stage_status`)
+  clean     the clean stage's input assembly (`CleanStage.inputs`: ten raw caption rows per key)
   shard     the shard stage's input assembly (`ShardStage.inputs`: index, four upstream ledgers)
   compact   folding the ledger plus ten parts that rewrite 1% of the keys each (on a copy)
 Prints seconds, µs per key, peak RSS and its growth over the process's import baseline per key, and
@@ -47,7 +48,7 @@ from pipeline.core.config import StageConfig  # noqa: E402
 from pipeline.core.stage import Stage  # noqa: E402
 
 SHAPES = {"ingest-sized": ("bench_scale_one", 1), "caption-sized": ("bench_scale_ten", 10)}
-OPS = ["pending", "noop", "status", "shard", "compact"]
+OPS = ["pending", "noop", "status", "clean", "shard", "compact"]
 CHUNK = 200_000  # keys per generated part: fixtures are written in bounded pieces too
 
 
@@ -98,7 +99,7 @@ def build(work: Path, n: int) -> Path:
     t0 = time.perf_counter()
     index_writer = None
     ledgers = {name: Ledger(out, name) for name, _ in SHAPES.values()}
-    up = {rel: Ledger(out, rel) for rel in ("captions/final", "parse", "sketches")}
+    up = {rel: Ledger(out, rel) for rel in ("captions/raw", "captions/final", "parse", "sketches")}
     fp_of = {name: ScaleStage.fingerprint(ScaleConfig()) for name, _ in SHAPES.values()}
     captions = [f"a smiling person with wavy hair, caption number {i}, seen in soft daylight" for i in range(10)]
     for lo in range(0, n, CHUNK):
@@ -121,6 +122,13 @@ def build(work: Path, n: int) -> Path:
                 "_fp": fps.take(rep), "prompt": pa.array(np.tile(np.arange(rows, dtype=np.int32), m)),
                 "text": pa.array(np.tile(np.array(captions[:rows], dtype=object), m), pa.string())}))
         ok = {"status": pa.array(["ok"] * m), "error": pa.array([""] * m), "_fp": sha}
+        rep = np.repeat(np.arange(m), 10)
+        up["captions/raw"].write(pa.table({
+            "key": keys.take(rep), "status": pa.array(["ok"] * len(rep)), "error": pa.array([""] * len(rep)),
+            "_fp": sha.take(rep), "prompt_id": pa.array(np.tile([f"p{i}" for i in range(10)], m)),
+            "prompt_kind": pa.array(["describe"] * len(rep)),
+            "text": pa.array(np.tile(np.array(captions, dtype=object), m), pa.string()),
+            "finish_reason": pa.array(["stop"] * len(rep))}))
         up["captions/final"].write(pa.table({"key": keys, **ok,
                                              "captions": pa.array([captions] * m, pa.list_(pa.string())),
                                              "flags": pa.array([[]] * m, pa.list_(pa.string()))}))
@@ -184,6 +192,10 @@ def one(op: str, out: Path, stage: str, n: int) -> dict[str, Any]:
                                               stage: {}}}, None)
         rows = stage_status(manifest, out)
         assert rows[-1]["pending"] == 0, rows
+    elif op == "clean":
+        from pipeline.stages.clean import CleanConfig, CleanStage
+
+        assert CleanStage.inputs(CleanConfig(), ctx, ()).num_rows == n
     elif op == "shard":
         table = ShardStage.inputs(ShardConfig(), ctx, REGISTRY["shard"].requires)
         assert table.num_rows == n
@@ -218,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - t0:.1f} s now)", flush=True)
         for op in args.ops:
             for shape, (stage, _) in SHAPES.items():
-                if op == "shard" and shape != "ingest-sized":
-                    continue  # the shard stage reads the same upstream ledgers either way
+                if op in ("shard", "clean") and shape != "ingest-sized":
+                    continue  # these read the same upstream ledgers whatever the shape
                 proc = subprocess.run([sys.executable, __file__, "--one", op, str(out), stage, str(n)],
                                       capture_output=True, text=True, env=env, timeout=6 * 3600)
                 if proc.returncode:
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 per_key = r["seconds"] / n
                 ref = first.setdefault((op, shape), per_key)
-                name = "shard" if op == "shard" else shape
+                name = op if op in ("shard", "clean") else shape
                 print(f"{op:<10}{name:<15}{n:>12,}{r['seconds']:>10.2f}{1e6 * per_key:>9.2f}"
                       f"{r['peak_rss'] / 1e6:>8.0f}MB{(r['peak_rss'] - r['base_rss']) / n:>8,.0f}"
                       f"{per_key / ref:>9.2f}x", flush=True)
