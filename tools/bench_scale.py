@@ -146,6 +146,15 @@ def build(work: Path, n: int) -> Path:
 
 
 def _rss() -> int:
+    """This process's peak RSS: VmHWM (ru_maxrss would start at the parent's peak: Linux keeps it across
+    fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -331,8 +331,10 @@ def rows_by_key(table: pa.Table, keys: pa.Array | pa.ChunkedArray, chunk: int = 
     stable sort by key, run boundaries, then one `take` per chunk)."""
     if not table.num_rows or not len(keys):
         return
-    table = table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")]))  # stable: row order kept
     sorted_keys = table["key"].combine_chunks()
+    if len(sorted_keys) > 1 and not pc.all(pc.greater_equal(sorted_keys[1:], sorted_keys[:-1])).as_py():
+        table = table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")]))  # stable: order kept
+        sorted_keys = table["key"].combine_chunks()
     starts = np.concatenate([[0], np.flatnonzero(
         pc.not_equal(sorted_keys[1:], sorted_keys[:-1]).to_numpy(zero_copy_only=False)) + 1])
     ends = np.append(starts[1:], len(sorted_keys))

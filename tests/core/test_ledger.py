@@ -115,6 +115,8 @@ def test_rows_by_key_yields_each_keys_rows_in_order_one_chunk_at_a_time():
     t = pa.table({"key": ["b", "a", "b", "c", "a"], "v": [1, 2, 3, 4, 5]})
     got = [(k, [r["v"] for r in rows]) for k, rows in rows_by_key(t, pa.array(["c", "zz", "a", "b"]), chunk=2)]
     assert got == [("c", [4]), ("a", [2, 5]), ("b", [1, 3])]  # the keys' order, rows as written
+    ordered = t.take(pa.array([1, 4, 0, 2, 3]))  # already sorted by key: read as it is
+    assert [(k, [r["v"] for r in rows]) for k, rows in rows_by_key(ordered, pa.array(["c", "a", "b"]))] == got
     table = string_table(((k, str(len(r))) for k, r in rows_by_key(t, pa.array(["a", "b", "c"]), chunk=1)),
                          ("key", "n"), chunk=2)
     assert table.to_pylist() == [{"key": "a", "n": "2"}, {"key": "b", "n": "2"}, {"key": "c", "n": "1"}]
