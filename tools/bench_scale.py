@@ -18,7 +18,8 @@ the per-key time against the smallest size's (flat is the target: 1.0x).
 Usage:
   python tools/bench_scale.py                        # 10k, 100k and 1M keys, every operation
   python tools/bench_scale.py --sizes 10000 100000 --ops pending noop
-  python tools/bench_scale.py --ten-million          # adds 10M keys (about 10 GB of fixtures, slow)
+  python tools/bench_scale.py --ten-million          # adds 10M keys (several GB of fixtures, slow)
+  python tools/bench_scale.py --sizes 10000000 --ops pending noop status compact --shapes ingest-sized
 """
 
 from __future__ import annotations
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--ten-million", action="store_true", help="add 10,000,000 keys")
     ap.add_argument("--ops", nargs="+", choices=OPS, default=OPS)
+    ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES),
+                    help="ledger shapes to time (both are built)")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench_scale", help="fixture folder")
     ap.add_argument("--one", nargs=4, metavar=("OP", "OUT", "STAGE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - t0:.1f} s now)", flush=True)
         for op in args.ops:
             for shape, (stage, _) in SHAPES.items():
+                if shape not in args.shapes:
+                    continue
                 if op in ("shard", "clean") and shape != "ingest-sized":
                     continue  # these read the same upstream ledgers whatever the shape
                 proc = subprocess.run([sys.executable, __file__, "--one", op, str(out), stage, str(n)],
