@@ -72,8 +72,10 @@ def pending_inputs(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpe
                    ledger: Ledger, retry_failed: bool) -> tuple[pa.Table, pa.Table]:
     """(all inputs with `_fp`, the rows still to do)."""
     inputs = cls.inputs(cfg, ctx, spec.requires)
-    fps = row_fingerprints(cls.fingerprint(cfg), inputs["_src"].to_pylist())
-    inputs = inputs.append_column("_fp", pa.array(fps, pa.string()))
+    stage_fp, src, step = cls.fingerprint(cfg), inputs["_src"], 1 << 16  # Python strings for one chunk
+    fps = pa.chunked_array([pa.array(row_fingerprints(stage_fp, src.slice(i, step).to_pylist()), pa.string())
+                            for i in range(0, len(src), step)], pa.string())
+    inputs = inputs.append_column("_fp", fps)
     done = ledger.lookup(inputs["key"])  # Arrow hash lookup, in the inputs' order
     same = pc.fill_null(pc.equal(done["_fp"], inputs["_fp"]), False)
     if retry_failed:
