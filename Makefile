@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CACHE ?= .cache
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # pyfacer pulls opencv-python; keep both OpenCV wheels on 4.x (OpenCV 5 ships no Haar cascades).
-CPU_PINS := $(TORCH_PINS) "opencv-python-headless<5" "opencv-python<5" dlib-bin==20.0.1.post1 face_recognition_models==0.3.0
+CPU_PINS := $(TORCH_PINS) "opencv-python-headless<5" "opencv-python<5" dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 ftfy==6.3.1
 STAMP := $(VENV)/.facecurate-setup
 export FACECURATE_CACHE := $(abspath $(CACHE))
 export RAY_AUTH_MODE ?= disabled
