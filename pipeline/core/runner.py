@@ -302,10 +302,13 @@ def _file_sig(path: Path) -> list[int] | None:
 
 
 def finalize_digest(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpec, inputs: pa.Table) -> str:
-    """A digest of everything `finalize` reads: the stage's code version and every setting (volatile
-    ones too), its ledger's parts and those of the stages upstream of it, the index's checksum, and
-    the inputs' keys and fingerprints (serialised in batches, so memory stays bounded)."""
-    h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}:{getattr(cls, 'version', '')}:{cfg!r}".encode())
+    """A digest of everything `finalize` reads: facecurate's version, the stage's code version and every
+    setting (volatile ones too), its ledger's parts and those of the stages upstream of it, the index's
+    checksum, and the inputs' keys and fingerprints (serialised in batches, so memory stays bounded)."""
+    from pipeline import __version__  # a new release may render reports, cards or indexes differently
+
+    h = hashlib.sha256(f"{__version__}:{cls.__module__}.{cls.__qualname__}:{getattr(cls, 'version', '')}:"
+                       f"{cfg!r}".encode())
     for name in (spec.name, *spec.requires, *spec.optional):
         if name in REGISTRY:
             h.update(("\0" + name + ":" + ",".join(p.name for _, p in ctx.ledger(name).parts())).encode())
