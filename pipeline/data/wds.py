@@ -88,17 +88,23 @@ def iter_tar(path: Path | str) -> Iterator[tuple[str, dict[str, bytes]]]:
     Regular members only (links, devices, fifos and folders are skipped, never followed); a sample
     with a field twice is a ValueError; a cut-short or corrupt tar raises `tarfile.ReadError` where
     `tarfile.open(mode="r|")` would, after the samples before the damage."""
-    key, fields = None, {}
     with open(path, "rb", buffering=1 << 20) as fh:
-        for name, read in _regular_members(fh):
-            k, ext = split_name(name)
-            if key is not None and k != key:
-                yield key, fields
-                fields = {}
-            key = k
-            if ext in fields:
-                raise ValueError(f"{path}: sample {k} has field {ext} twice")
-            fields[ext] = read()  # only now, after the sample before it is out (as tarfile's reader did)
+        yield from group_samples(path, _regular_members(fh))
+
+
+def group_samples(path: Path | str, members: Iterator[tuple[str, Callable[[], bytes]]]
+                  ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {field: bytes}) from (member name, read its bytes) pairs in archive order."""
+    key, fields = None, {}
+    for name, read in members:
+        k, ext = split_name(name)
+        if key is not None and k != key:
+            yield key, fields
+            fields = {}
+        key = k
+        if ext in fields:
+            raise ValueError(f"{path}: sample {k} has field {ext} twice")
+        fields[ext] = read()  # only now, after the sample before it is out (as tarfile's reader did)
     if key is not None:
         yield key, fields
 

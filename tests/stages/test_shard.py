@@ -25,7 +25,7 @@ from pipeline.core.ledger import Ledger
 from pipeline.core.stage import StageContext
 from pipeline.data.arrays import read_npz_members
 from pipeline.data.labels import class_pixel_counts
-from pipeline.data.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment, split_name
+from pipeline.data.wds import END_OF_ARCHIVE, decode_key, encode_key, iter_tar, sample_fragment
 from pipeline.ops.verify import verify_run
 from tests.shard_helpers import (
     FAILED_PARSE,
@@ -379,21 +379,10 @@ def _outcome(read, path) -> tuple[list, tuple[str, str] | None]:
 
 def _tarfile_reader(path):
     """iter_tar on tarfile's stream reader (as it used to be): the reference for the fast reader."""
-    key, fields = None, {}
-    with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            k, ext = split_name(m.name)
-            if key is not None and k != key:
-                yield key, fields
-                fields = {}
-            key = k
-            if ext in fields:
-                raise ValueError(f"{path}: sample {k} has field {ext} twice")
-            fields[ext] = tf.extractfile(m).read()
-    if key is not None:
-        yield key, fields
+    from pipeline.data.wds import _tarfile_members, group_samples
+
+    with open(path, "rb") as fh:
+        yield from group_samples(path, _tarfile_members(fh))
 
 
 def _with_checksum(header: bytes) -> bytes:
