@@ -102,10 +102,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def table_bytes(table: pa.Table) -> bytes:
+def table_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     """A table as parquet bytes: zstd, and a CRC on every page, so a reader finds a flipped byte."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
+    pq.write_table(table, buf, compression="zstd", write_page_checksum=True, row_group_size=row_group_size)
     return buf.getvalue()
 
 
@@ -191,10 +191,10 @@ class Ledger:
             (self.dir / n).unlink(missing_ok=True)
         return len(stale)
 
-    def write(self, table: pa.Table) -> Path:
+    def write(self, table: pa.Table, row_group_size: int | None = None) -> Path:
         """Write one complete part (atomically) and return its path."""
         seq = self._next_seq()
-        data = table_bytes(table)
+        data = table_bytes(table, row_group_size)
         path = self.dir / f"part-{seq:06d}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
         atomic_write_bytes(path, data)
         _NEXT[str(self.dir)] = (seq + 1, _mtime(self.dir))
@@ -224,6 +224,37 @@ class Ledger:
             table = table.filter(pa.array(seqs == latest[idx]))
         table = table.drop_columns(["_part"])
         return table if columns is None or "key" in columns else table.drop_columns(["key"])
+
+    def owners(self) -> pa.Table:
+        """(key, _part): each key once, with the number of the latest part that holds it (whose rows are
+        the key's resolved rows). Read from the parts' key columns alone: about 50 bytes a key."""
+        seen = []
+        for seq, path in self.parts():
+            t = self._read_part(path, ["key"])
+            if t is not None and t.num_rows:
+                keys = pc.unique(t["key"])
+                seen.append(pa.table({"key": keys, "_part": pa.array(np.full(len(keys), seq, np.int32))}))
+        if not seen:
+            return pa.table({"key": pa.array([], pa.string()), "_part": pa.array([], pa.int32())})
+        if len(seen) == 1:
+            return seen[0]
+        t = pa.concat_tables(seen).group_by("key", use_threads=False).aggregate([("_part", "max")])
+        return pa.table({"key": t["key"], "_part": t["_part_max"]})
+
+    def iter_resolved(self, columns: list[str] | None = None, owners: pa.Table | None = None):
+        """(part number, its resolved rows) one part at a time: the rows of the keys this part owns (see
+        `owners`), in the part's order. What `read` returns, in pieces, so memory is one part."""
+        owners = self.owners() if owners is None else owners
+        wanted = None if columns is None else list(dict.fromkeys(["key", *columns]))
+        for seq, path in self.parts():
+            t = self._read_part(path, wanted)
+            if t is None or not t.num_rows:
+                continue
+            mine = owners["key"].filter(pc.equal(owners["_part"], seq))
+            if len(mine) != len(pc.unique(t["key"])):
+                t = t.filter(pc.is_in(t["key"], value_set=mine))
+            if t.num_rows:
+                yield seq, t
 
     def done(self) -> pa.Table:
         """One row per key the stage has recorded: `key`, `_fp` (its rows' fingerprint), `n_ok` (ok rows),
@@ -289,20 +320,11 @@ class Ledger:
         parts = self.parts()
         if len(parts) <= 1:
             return
-        seen = []  # (key, part) for every key of every part, as Arrow: about 50 bytes a key
-        for seq, path in parts:
-            t = self._read_part(path, ["key"])
-            if t is not None and t.num_rows:
-                keys = pc.unique(t["key"])
-                seen.append(pa.table({"key": keys, "_part": pa.array(np.full(len(keys), seq, np.int32))}))
+        owners = self.owners()  # each key once, with the latest part that holds it: about 50 bytes a key
         if self.corrupt and self.on_corrupt != "quarantine":
             return  # never fold a ledger whose parts could not all be read
-        if not seen:  # only empty parts: keep one, so the ledger still says the stage ran
-            seen.append(pa.table({"key": pa.array([], pa.string()), "_part": pa.array([], pa.int32())}))
-        owners = (pa.concat_tables(seen).group_by("key").aggregate([("_part", "max")])
-                  .sort_by("_part_max"))  # each key once, with the latest part that holds it
-        del seen
-        owner_part = owners["_part_max"].to_numpy()
+        owners = owners.sort_by("_part")
+        owner_part = owners["_part"].to_numpy()
         buffer: list[pa.Table] = []
         n, wrote, schema = 0, False, None
         for seq, path in parts:
@@ -316,13 +338,24 @@ class Ledger:
                 buffer.append(t)
                 n += t.num_rows
             if n >= rows_per_part:
-                self.write(pa.concat_tables(buffer, promote_options="permissive"))
+                self._write_sorted(buffer)
                 buffer, n, wrote = [], 0, True
         if buffer or not wrote:
-            self.write(pa.concat_tables(buffer, promote_options="permissive") if buffer
-                       else (schema or BASE_SCHEMA).empty_table())
+            self._write_sorted(buffer, schema)
         for _, path in parts:
             path.unlink(missing_ok=True)
+
+    def _write_sorted(self, pieces: list[pa.Table], schema: pa.Schema | None = None) -> None:
+        """One compacted part: its rows sorted by key (a stable sort: a key's rows keep their order) in
+        row groups of `PART_ROW_GROUP` rows, so a batch reader (`BatchRows`) reads only the groups
+        whose key range holds its keys."""
+        t = pa.concat_tables(pieces, promote_options="permissive") if pieces else (schema or BASE_SCHEMA).empty_table()
+        if t.num_rows:
+            t = t.take(pc.sort_indices(t, sort_keys=[("key", "ascending")]))
+        self.write(t, PART_ROW_GROUP)
+
+
+PART_ROW_GROUP = 1 << 16  # rows per row group of a compacted part: what a batch reader reads at least
 
 
 def rows_by_key(table: pa.Table, keys: pa.Array | pa.ChunkedArray, chunk: int = 1 << 16):
@@ -369,6 +402,66 @@ def string_table(records, names: tuple[str, ...], chunk: int = 1 << 16) -> pa.Ta
             flush()
     flush()
     return pa.table({n: pa.chunked_array(arrays[n], pa.string()) for n in names})
+
+
+class BatchRows:
+    """One ledger's resolved rows for a batch of keys, read inside a stage from the parts its inputs
+    name (`_part`, from `Ledger.owners`), so the driver never carries upstream rows for every key.
+
+    Only the row groups whose key range can hold the batch's keys are decoded (compacted parts are
+    key-sorted; a run's parts are one batch each), and the last groups read are kept, so batches in
+    part order read each group about once. Parts are checked against their sha256 once per process.
+    """
+
+    def __init__(self, out: Path, rel: str, columns: list[str]):
+        self.ledger = Ledger(out, rel)
+        self.columns = list(dict.fromkeys(["key", *columns]))
+        self._paths: dict[int, Path] = {}
+        self._last: tuple[tuple[int, tuple[int, ...]], pa.Table] | None = None
+
+    def _path(self, seq: int) -> Path:
+        if seq not in self._paths:
+            self._paths = dict(self.ledger.parts())
+        if seq not in self._paths:
+            raise ValueError(f"{self.ledger.dir}: part {seq} is gone (the ledger was compacted or repaired "
+                             "since this run began); run the stage again")
+        return self._paths[seq]
+
+    def _groups(self, seq: int, lo: str, hi: str) -> pa.Table:
+        path = self._path(seq)
+        check_part_sha(path)
+        with pq.ParquetFile(path, page_checksum_verification=True) as f:
+            names = f.schema_arrow.names
+            at = names.index("key")
+            ids = []
+            for i in range(f.metadata.num_row_groups):
+                st = f.metadata.row_group(i).column(at).statistics
+                if st is None or not st.has_min_max or (st.min <= hi and st.max >= lo):
+                    ids.append(i)
+            ident = (seq, tuple(ids))
+            if self._last is not None and self._last[0] == ident:
+                return self._last[1]
+            t = f.read_row_groups(ids, columns=[c for c in self.columns if c in names])
+        for c in self.columns:
+            if c not in t.column_names:
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        self._last = (ident, t)
+        return t
+
+    def rows(self, keys: list[str], parts: list[int]) -> dict[str, list[dict]]:
+        """key -> its rows (dicts of `columns`, in the part's order) for each of `keys`, whose rows are
+        in part `parts[i]`; raises ValueError naming the first key its part no longer holds."""
+        got: dict[str, list[dict]] = {}
+        for seq in sorted(set(parts)):
+            want = [k for k, s in zip(keys, parts, strict=True) if s == seq]
+            t = self._groups(seq, min(want), max(want))
+            t = t.filter(pc.is_in(t["key"], value_set=pa.array(want, pa.string())))
+            got.update(rows_by_key(t.select(self.columns), pa.array(want, pa.string())))
+            missing = [k for k in want if k not in got]
+            if missing:
+                raise ValueError(f"{self.ledger.dir}: part {seq} no longer holds {missing[0]!r} (the ledger "
+                                 "changed since this run began); run the stage again")
+        return got
 
 
 def _mtime(d: Path) -> int | None:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.core.ledger import OK, Ledger
+from pipeline.core.ledger import OK, BatchRows, Ledger
 from pipeline.data.images import load_rgb
 from pipeline.data.labels import NUM_CLASSES
 
@@ -196,7 +196,8 @@ class Upstream:
         fps: stage -> (key, _fp): each key's row fingerprint (what `_src` is built from).
         masks: (key, mask, parser) of the primary parse mask.
         sketches: (key, sketch, flags).
-        captions: (key, captions, flags) from `captions/final`.
+        captions: (key, _part) for each key with an ok row in `captions/final`: the ledger part holding
+            it, which the shard stage reads per batch (`CaptionRows`), so no caption text is held here.
         latents: (key, latents): each key's latents ledger rows (one per VAE), and `latent_rows`, the
             same rows flat.
     """
@@ -233,8 +234,10 @@ def upstream(out: Path, stages: tuple[str, ...]) -> Upstream:
     if "sketch" in stages and (t := read_ledger(out, "sketches", ["sketch", "flags"])) is not None:
         t = _ok(t)
         sketches = _last_per_key(t.filter(truthy(t["sketch"]))).select(["key", "sketch", "flags"])
-    if "refine" in stages and (t := read_ledger(out, "captions/final", ["captions", "flags"])) is not None:
-        captions = _last_per_key(_ok(t)).select(["key", "captions", "flags"])
+    if "refine" in stages and (final := Ledger(out, CAPTIONS_LEDGER)).parts():
+        ok = _ok(final.read(["key", "status"]))["key"]
+        owners = final.owners()
+        captions = owners.filter(pc.is_in(owners["key"], value_set=ok))
     if "latents" in stages and (t := read_ledger(out, "latents", LATENT_COLUMNS)) is not None:
         t = _ok(t)
         rows = _last_per_key(t, by=pc.binary_join_element_wise(t["key"], pc.fill_null(t["vae"], ""), "\0"))
@@ -247,6 +250,27 @@ def upstream(out: Path, stages: tuple[str, ...]) -> Upstream:
             lists = pa.ListArray.from_arrays(pa.array(np.append(starts, len(keys)).astype(np.int32)), nested)
             latents = pa.table({"key": keys.take(pa.array(starts)), "latents": lists})
     return Upstream(fps, masks, sketches, captions, latents, rows)
+
+
+CAPTIONS_LEDGER = "captions/final"
+
+
+class CaptionRows:
+    """Each batch's final captions and their flags, read from the `captions/final` parts its inputs
+    name (`_captions_part`, from `Upstream.captions`; -1 for a key without any)."""
+
+    def __init__(self, out: Path):
+        self.rows = BatchRows(out, CAPTIONS_LEDGER, ["status", "captions", "flags"])
+
+    def fill(self, rows: list[dict[str, Any]]) -> None:
+        """Set `_captions` and `_caption_flags` of each row (from the key's last ok row; None when it has
+        none)."""
+        want = [r for r in rows if int(r.get("_captions_part", -1)) >= 0]
+        got = self.rows.rows([r["key"] for r in want], [int(r["_captions_part"]) for r in want]) if want else {}
+        for r in rows:
+            ok = [c for c in got.get(r["key"], []) if c["status"] == OK]
+            r["_captions"] = ok[-1]["captions"] if ok else None
+            r["_caption_flags"] = ok[-1]["flags"] if ok else None
 
 
 LATENT_COLUMNS = ["vae", "model", "subfolder", "revision", "resolution", "channels", "scaling_factor",

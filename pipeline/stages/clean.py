@@ -12,7 +12,10 @@ meta-commentary is `refusal`; a row the caption stage failed is `caption_failed`
 rows keep their cleaned text so you can see why.
 
 Inputs are grouped per key from the caption ledger, and a key's `_src` is a hash of its raw rows: a
-key is cleaned again only when one of its captions changed, not when captioning merely re-ran.
+key is cleaned again only when one of its captions changed, not when captioning merely re-ran. The
+driver reads the caption ledger one part at a time to make those hashes and keeps only (key, `_src`,
+`_part`) per key, about 60 bytes; each batch reads its keys' raw rows from the parts named
+(`ledger.BatchRows`), so no caption text is held for every key.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.config import StageConfig, volatile
-from pipeline.core.ledger import OK, Ledger, rows_by_key, string_table
+from pipeline.core.ledger import OK, BatchRows, Ledger, rows_by_key, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.text.clean_rules import RULE_NAMES, clean_text, is_list
 from pipeline.text.tokens import CONTEXT_LENGTH, count_tokens, trim_to_budget
@@ -60,15 +64,22 @@ class CleanConfig(StageConfig):
             raise ValueError(f"disable: unknown rule(s) {', '.join(unknown)}; rules: {', '.join(RULE_NAMES)}")
 
 
-def raw_rows_by_key(out: Any, keys: pa.Array | pa.ChunkedArray):
-    """(key, its caption ledger rows in prompt order as written) for each of `keys` that has rows, in
-    their order; Python objects for one chunk of keys at a time (`rows_by_key`)."""
-    t = Ledger(out, RAW_LEDGER).read(["key", *RAW_COLUMNS])
-    for c in RAW_COLUMNS:
-        if c not in t.column_names:
-            t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
-    for key, rows in rows_by_key(t, keys):
-        yield key, [{c: r[c] or "" for c in RAW_COLUMNS} for r in rows]
+def raw_rows(rows: list[dict]) -> list[dict[str, str]]:
+    """A key's caption ledger rows as the stage reads them (a missing value is "")."""
+    return [{c: r.get(c) or "" for c in RAW_COLUMNS} for r in rows]
+
+
+def raw_parts(out: Any, keys: pa.Array | pa.ChunkedArray):
+    """(key, part number, its raw rows) for each of `keys` with caption rows, one ledger part at a time
+    (so memory is one part), keys sorted within a part."""
+    ledger = Ledger(out, RAW_LEDGER)
+    for seq, t in ledger.iter_resolved(["key", *RAW_COLUMNS]):
+        t = t.filter(pc.is_in(t["key"], value_set=keys))
+        for c in RAW_COLUMNS:
+            if c not in t.column_names:
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        for key, rows in rows_by_key(t, pc.unique(t["key"]).sort()):
+            yield key, seq, raw_rows(rows)
 
 
 class CleanStage(Stage):
@@ -80,20 +91,27 @@ class CleanStage(Stage):
     ])
     version: ClassVar[str] = "1"
 
+    def __init__(self, cfg: CleanConfig, ctx: StageContext):
+        super().__init__(cfg, ctx)
+        self.raw = BatchRows(ctx.out, RAW_LEDGER, list(RAW_COLUMNS))  # each batch's raw caption rows
+
     @classmethod
     def inputs(cls, cfg: CleanConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
         def records():
-            for key, raw in raw_rows_by_key(ctx.out, ctx.index(["key"])["key"]):
+            for key, seq, raw in raw_parts(ctx.out, ctx.index(["key"])["key"]):
                 text = json.dumps(raw, sort_keys=True, ensure_ascii=False)
-                yield key, text, hashlib.sha1(text.encode()).hexdigest()[:20]
+                yield key, str(seq), hashlib.sha1(text.encode()).hexdigest()[:20]
 
-        return string_table(records(), ("key", "rows", "_src"))
+        t = string_table(records(), ("key", "_part", "_src"))
+        return t.set_column(1, "_part", pc.cast(t["_part"], pa.int32()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {n: [] for n in ("key", "status", "error", *self.schema.names)}
-        for key, rows in zip(batch["key"], batch["rows"], strict=True):
-            for row in json.loads(str(rows)):
-                self._clean_row(out, str(key), row)
+        keys = [str(k) for k in batch["key"]]
+        rows = self.raw.rows(keys, [int(p) for p in batch["_part"]])
+        for key in keys:
+            for row in raw_rows(rows[key]):
+                self._clean_row(out, key, row)
         self._fit_budget(out)
         return out
 

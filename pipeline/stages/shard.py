@@ -43,7 +43,8 @@ from pipeline.core.stage import Stage, StageContext, default_inputs
 from pipeline.data.arrays import read_npz_members
 from pipeline.data.labels import class_pixel_counts
 from pipeline.data.shard_assembly import assemble, build_index, plan_shards, vae_info
-from pipeline.data.views import ViewError, by_key, dumps, load_views, rows_of, truthy, upstream, view_columns
+from pipeline.data.views import (CaptionRows, ViewError, by_key, dumps, load_views, rows_of, truthy, upstream,
+                                  view_columns)
 from pipeline.data.wds import sample_fragment
 
 UPSTREAM = ("refine", "parse", "sketch", "latents")
@@ -130,9 +131,12 @@ class ShardStage(Stage):
     def __init__(self, cfg: ShardConfig, ctx: StageContext):
         super().__init__(cfg, ctx)
         self.pool = ThreadPoolExecutor(cfg.io_threads)  # decode, resize, JPEG/PNG encode release the GIL
+        self.captions = CaptionRows(ctx.out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out = list(self.pool.map(self.prepare, rows_of(batch)))
+        rows = rows_of(batch)
+        self.captions.fill(rows)  # this batch's captions, from the ledger parts its inputs name
+        out = list(self.pool.map(self.prepare, rows))
         return {n: [o.get(n) for o in out] for n in ["key", "status", "error", *self.schema.names]}
 
     def prepare(self, r: dict[str, Any]) -> dict[str, Any]:
@@ -222,10 +226,8 @@ class ShardStage(Stage):
                   "sketch": up.sketches is not None, "captions": up.captions is not None,
                   "latents": up.latents is not None}
         empty = pa.list_(pa.string())
-        table = table.append_column("_captions", by_key(up.captions, keys, "captions") if up.captions
-                                    else pa.nulls(n, empty))
-        table = table.append_column("_caption_flags", by_key(up.captions, keys, "flags") if up.captions
-                                    else pa.nulls(n, empty))
+        table = table.append_column("_captions_part", pc.fill_null(  # -1: no captions (a batch has no nulls)
+            by_key(up.captions, keys, "_part") if up.captions else pa.nulls(n, pa.int32()), -1))
         table = table.append_column("_sketch_flags", by_key(up.sketches, keys, "flags") if up.sketches
                                     else pa.nulls(n, empty))
         if up.latents is not None:

@@ -61,6 +61,56 @@ def test_compaction_in_bounded_pieces_keeps_every_key_whole_and_resolves_the_sam
     assert done(led)["k0"] == ("v0", 3, 3) and done(led)["k9"] == ("v5", 3, 3)
 
 
+def test_owners_and_iter_resolved_give_reads_rows_one_part_at_a_time(tmp_path):
+    led = Ledger(tmp_path, "s")
+    led.write(part([("a", "ok", "1"), ("a", "ok", "1"), ("b", "bad", "1")]))
+    led.write(part([("b", "ok", "2"), ("c", "ok", "2")]))
+    assert sorted(led.owners().to_pylist(), key=lambda r: r["key"]) == [
+        {"key": "a", "_part": 0}, {"key": "b", "_part": 1}, {"key": "c", "_part": 1}]
+    pieces = list(led.iter_resolved(["status", "_fp"]))
+    assert [seq for seq, _ in pieces] == [0, 1]
+    assert pieces[0][1]["key"].to_pylist() == ["a", "a"]  # b's old row is not the resolved one
+    flat = sorted(r for _, t in pieces for r in zip(t["key"].to_pylist(), t["_fp"].to_pylist(), strict=True))
+    assert flat == sorted(zip(led.read()["key"].to_pylist(), led.read()["_fp"].to_pylist(), strict=True))
+
+
+def test_batch_rows_reads_only_the_row_groups_of_a_batch_from_a_compacted_part(tmp_path, monkeypatch):
+    import pipeline.core.ledger as ledger_mod
+    from pipeline.core.ledger import BatchRows
+
+    monkeypatch.setattr(ledger_mod, "PART_ROW_GROUP", 10)
+    led = Ledger(tmp_path, "s")
+    for i in range(4):  # 40 keys written in a shuffled order, two rows each; key k07 rewritten last
+        led.write(part([(f"k{j:02d}", "ok", f"{i}.{j}") for j in range(39 - i, -1, -4) for _ in range(2)]))
+    led.write(part([("k07", "ok", "new"), ("k07", "bad", "new")]))
+    led.compact()
+    (seq, path), = led.parts()
+    f = pa.parquet.ParquetFile(path)
+    assert f.metadata.num_row_groups == 8  # 80 rows, key-sorted, 10 a group
+    reader = BatchRows(tmp_path, "s", ["status", "_fp"])
+    read = []
+    monkeypatch.setattr(pa.parquet.ParquetFile, "read_row_groups",
+                        lambda self, ids, **kw: _read_groups(self, ids, kw, read))
+    got = reader.rows(["k07", "k06"], [seq, seq])
+    assert got["k07"] == [{"key": "k07", "status": "ok", "_fp": "new"}, {"key": "k07", "status": "bad", "_fp": "new"}]
+    assert [r["_fp"] for r in got["k06"]] == ["1.6", "1.6"]
+    assert read == [[1]]  # k06 and k07 share one group of ten rows (k05..k09)
+    reader.rows(["k08"], [seq])
+    assert read == [[1]]  # the same groups again: kept from the last read
+    with pytest.raises(ValueError, match="no longer holds 'zz'"):
+        reader.rows(["zz"], [seq])
+    with pytest.raises(ValueError, match="part 9 is gone"):
+        reader.rows(["k01"], [9])
+
+
+_REAL_READ_GROUPS = pa.parquet.ParquetFile.read_row_groups
+
+
+def _read_groups(self, ids, kw, log):
+    log.append(list(ids))
+    return _REAL_READ_GROUPS(self, ids, **kw)
+
+
 def test_only_empty_parts_compact_to_one_empty_part(tmp_path):
     led = Ledger(tmp_path, "s")
     led.write(BASE_SCHEMA.empty_table())
