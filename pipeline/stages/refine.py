@@ -38,11 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, volatile
-from pipeline.core.ledger import OK, Ledger, rows_by_key, string_table
+from pipeline.core.ledger import OK, BatchRows, Ledger, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
 from pipeline.engines import stats as engine_stats
-from pipeline.text.evidence import ABSENT_SHARE, PRESENT_SHARE, grade_evidence
+from pipeline.text.evidence import (ABSENT_SHARE, PARSE_COLUMNS, PRESENT_SHARE, grade_evidence, ground_truth,
+                                     label_pixels, parse_evidence)
 from pipeline.text.judge import MASK_ITEMS, KeyState
 from pipeline.text.refine_prompt import (
     INSTRUCTIONS,
@@ -119,6 +120,42 @@ def mask_evidence(out: Any, cfg: RefineConfig, gt_masks: dict[str, str] | None =
     return grade_evidence(out, cfg.present_shares(), cfg.mask_absent_share, gt_masks)
 
 
+CLEAN_LEDGER = "captions/clean"
+
+
+class RefineInputs:
+    """Keys' refine inputs (their ok cleaned captions and mask evidence) read for a chunk of keys from
+    the ledger parts the stage's inputs name: `_part` in `captions/clean`, `_parse_part` in `parse`
+    (-1: none), and the ground-truth mask `gt_mask` (which wins over parse evidence when it reads)."""
+
+    def __init__(self, out: Any, cfg: RefineConfig):
+        self.out = Path(out)
+        self.present, self.absent = cfg.present_shares(), cfg.mask_absent_share
+        self.clean = BatchRows(self.out, CLEAN_LEDGER, ["status", "prompt_id", "text"])
+        self.parse = BatchRows(self.out, "parse", PARSE_COLUMNS)
+
+    def read(self, keys: list[str], parts: list[int], parse_parts: list[int], gts: list[str]) -> dict[str, dict]:
+        """key -> {"captions": [[prompt_id, text], ...], "evidence": {...}} for each key with an ok
+        cleaned caption (what the stage's input hash `_src` is made from)."""
+        clean = self.clean.rows(keys, parts)
+        have = [i for i, p in enumerate(parse_parts) if p >= 0]
+        parsed = self.parse.rows([keys[i] for i in have], [parse_parts[i] for i in have]) if have else {}
+        got = {}
+        for key, gt in zip(keys, gts, strict=True):
+            captions = [[r["prompt_id"], r["text"]] for r in clean.get(key, []) if r["status"] == OK]
+            if not captions:
+                continue
+            pixels = label_pixels(self.out / gt) if gt else None
+            if pixels is not None:
+                evidence = ground_truth(pixels, self.absent)
+            else:
+                found = [(not r["primary"], r["parser"] or "", r["class_pixels"])
+                         for r in parsed.get(key, []) if r["status"] == OK]
+                evidence = parse_evidence(found, self.present, self.absent)
+            got[key] = {"captions": captions, "evidence": evidence or {}}
+        return got
+
+
 class RefineStage(Stage):
     """One `captions/final` row per key; see the module docstring."""
 
@@ -144,6 +181,7 @@ class RefineStage(Stage):
             first = (str(e).strip().splitlines() or [""])[0]
             raise ConfigError(f"stages.refine.model: cannot load {cfg.model!r} ({type(e).__name__}: {first})") from e
         self.guided = bool(getattr(self.engine, "supports_json_schema", False))
+        self.reader = RefineInputs(ctx.out, cfg)
         done = ctx.ledger("refine").read()  # the cache: an identical input (same _fp) reuses its row
         self.cache = {r["_fp"]: r for r in done.to_pylist() if r["status"] == OK} if done.num_rows else {}
 
@@ -160,35 +198,55 @@ class RefineStage(Stage):
 
     @classmethod
     def inputs(cls, cfg: RefineConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
-        t = Ledger(ctx.out, "captions/clean").read(["key", "status", "prompt_id", "text"])
-        t = t.filter(pc.equal(t["status"], OK)).select(["key", "prompt_id", "text"])
+        """(key, `_part`, `_parse_part`, `gt_mask`, `_src`) for each key with an ok cleaned caption:
+        where its cleaned captions and parse rows are, and a hash of the input they make. The driver
+        builds those hashes one chunk of keys at a time; batches read the captions themselves."""
         index = ctx.index(["key", "gt_mask"])
-        gt = index.filter(pc.fill_null(pc.not_equal(index["gt_mask"], ""), False))
-        evidence = mask_evidence(ctx.out, cfg, dict(zip(gt["key"].to_pylist(), gt["gt_mask"].to_pylist(),
-                                                         strict=True)))
-        keys = pc.filter(index["key"], pc.is_in(index["key"], value_set=t["key"]))
-        keys = keys.take(pc.sort_indices(keys))  # sorted, as the blobs always were
+        index = index.set_column(1, "gt_mask", pc.fill_null(pc.cast(index["gt_mask"], pa.string()), ""))
+        parse = Ledger(ctx.out, "parse").owners()
+        t = (index.join(Ledger(ctx.out, CLEAN_LEDGER).owners(), "key", join_type="inner")
+             .join(pa.table({"key": parse["key"], "_parse_part": parse["_part"]}), "key", join_type="left outer"))
+        t = t.set_column(t.schema.get_field_index("_parse_part"), "_parse_part", pc.fill_null(t["_parse_part"], -1))
+        t = t.sort_by("key")  # the order batches come in (parts written by earlier runs follow it too)
+        reader = RefineInputs(ctx.out, cfg)
 
-        def records():  # one chunk of keys is Python objects at a time (rows_by_key)
-            for key, rows in rows_by_key(t, keys):
-                blob = json.dumps({"captions": [[r["prompt_id"], r["text"]] for r in rows],
-                                   "evidence": (evidence or {}).get(key, {})}, sort_keys=True)
-                yield key, blob, hashlib.sha1(blob.encode()).hexdigest()[:20]
+        def records():  # one chunk of keys is Python objects at a time
+            for lo in range(0, t.num_rows, 1 << 14):
+                c = t.slice(lo, 1 << 14)
+                cols = [c[n].to_pylist() for n in ("key", "_part", "_parse_part", "gt_mask")]
+                got = reader.read(*cols)
+                for key, part, parse_part, gt in zip(*cols, strict=True):
+                    if key in got:
+                        blob = json.dumps(got[key], sort_keys=True)
+                        yield key, str(part), str(parse_part), gt, hashlib.sha1(blob.encode()).hexdigest()[:20]
 
-        return string_table(records(), ("key", "inputs", "_src"))
+        out = string_table(records(), ("key", "_part", "_parse_part", "gt_mask", "_src"))
+        for n in ("_part", "_parse_part"):
+            out = out.set_column(out.schema.get_field_index(n), n, pc.cast(out[n], pa.int32()))
+        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {n: [] for n in ("key", "status", "error", *self.schema.names)}
-        states = []
-        for key, blob, fp in zip(batch["key"], batch["inputs"], batch["_fp"], strict=True):
+        states, todo = [], []
+        for i, (key, fp) in enumerate(zip(batch["key"], batch["_fp"], strict=True)):
             hit = self.cache.get(str(fp))
             if hit is not None:
                 self._emit(out, str(key), OK, "", (hit["captions"], hit["provenance"], hit["clip_tokens"], hit["flags"]),
                            hit["audit"])
                 continue
-            data = json.loads(str(blob))
-            states.append(KeyState(str(key), [tuple(c) for c in data["captions"]], data["evidence"],
-                                   self.cfg.num_captions, self.cfg.budget))
+            todo.append(i)
+        if todo:
+            cols = [[batch[n][i] for i in todo] for n in ("key", "_part", "_parse_part", "gt_mask")]
+            keys = [str(k) for k in cols[0]]
+            got = self.reader.read(keys, [int(p) for p in cols[1]], [int(p) for p in cols[2]],
+                                   [str(g or "") for g in cols[3]])
+            for key in keys:
+                if key not in got:
+                    raise ValueError(f"{key!r} has no ok cleaned caption any more (captions/clean changed since "
+                                     "this run began); run refine again")
+                data = got[key]
+                states.append(KeyState(key, [tuple(c) for c in data["captions"]], data["evidence"],
+                                       self.cfg.num_captions, self.cfg.budget))
         for attempt in range(1 + self.cfg.max_retries):
             todo = [s for s in states if s.missing > 0]
             if not todo:

@@ -55,6 +55,29 @@ def ground_truth(pixels: list[int], absent: float = ABSENT_SHARE) -> dict[str, d
                    "share": round(pixels[cid] / total, 6)} for item, cid in ITEM_CLASSES.items()}
 
 
+PARSE_COLUMNS = ["status", "parser", "primary", "class_pixels"]  # what evidence reads of the parse ledger
+
+
+def parse_evidence(found: list[tuple[bool, str, list[int]]], present: dict[str, float],
+                   absent: float = ABSENT_SHARE) -> dict[str, dict] | None:
+    """One key's evidence from its ok parse rows, each `(not primary, parser, class_pixels)`; None when
+    it has no primary row (its parser failed). `present` is complete (PRESENT_SHARE and overrides)."""
+    found = sorted(found)
+    if not found or found[0][0]:
+        return None
+    ev = {}
+    for item in ITEM_CLASSES:
+        state, share = item_state(found[0][2], item, present, absent)
+        if len(found) == 1:
+            ev[item] = {"state": state, "grade": "single_parser", "share": round(share, 6)}
+            continue
+        other, _ = item_state(found[1][2], item, present, absent)
+        agree = state == other and state != "unknown"
+        ev[item] = {"state": state if agree else "unknown",
+                    "grade": "parsers_agree" if agree else "parsers_disagree", "share": round(share, 6)}
+    return ev
+
+
 def grade_evidence(out: Any, present: dict[str, float] | None = None, absent: float = ABSENT_SHARE,
                    gt_masks: dict[str, str] | None = None) -> dict[str, dict] | None:
     """key -> {item: {"state", "grade", "share"}} from a run's parse ledger and its ground-truth masks.
@@ -73,20 +96,8 @@ def grade_evidence(out: Any, present: dict[str, float] | None = None, absent: fl
                                                                               "class_pixels")), strict=True):
             rows.setdefault(key, []).append((not primary, parser or "", pixels))
         for key, found in rows.items():
-            found.sort()
-            if found[0][0]:  # no primary row (its parser failed): no evidence for this key
-                continue
-            ev = {}
-            for item in ITEM_CLASSES:
-                state, share = item_state(found[0][2], item, present, absent)
-                if len(found) == 1:
-                    ev[item] = {"state": state, "grade": "single_parser", "share": round(share, 6)}
-                    continue
-                other, _ = item_state(found[1][2], item, present, absent)
-                agree = state == other and state != "unknown"
-                ev[item] = {"state": state if agree else "unknown",
-                            "grade": "parsers_agree" if agree else "parsers_disagree", "share": round(share, 6)}
-            evidence[key] = ev
+            if (ev := parse_evidence(found, present, absent)) is not None:
+                evidence[key] = ev
     for key, rel in (gt_masks or {}).items():
         pixels = label_pixels(out / rel)
         if pixels is not None:

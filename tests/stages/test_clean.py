@@ -123,3 +123,30 @@ def test_cli_clean_prints_summary_and_rules(demo_data, tmp_path):
     assert "clean" in result.output and "rules applied" in result.output and "trim_clause" in result.output
     assert "meaningless" in result.output
     assert CliRunner().invoke(app, ["clean", "--help"]).output.count("facecurate clean") >= 2
+
+
+def test_inputs_hold_no_caption_text_and_a_compacted_raw_ledger_cleans_the_same(demo_data, tmp_path):
+    from pipeline.core.ledger import Ledger
+    from pipeline.stages.clean import CleanStage
+
+    out = ingested(demo_data, tmp_path)
+    ks = keys(out)
+    write_raw(out, raw_rows(ks))
+    write_raw(out, [{"key": ks[2], "prompt_id": "p0", "text": "Caption: A woman with a red scarf."}])
+    cfg = from_dict(CleanConfig, {}, "stages.clean")
+    inputs = CleanStage.inputs(cfg, StageContext(out))
+    assert inputs.column_names == ["key", "_part", "_src"] and sorted(inputs["key"].to_pylist()) == sorted(ks)
+    assert dict(zip(inputs["key"].to_pylist(), inputs["_part"].to_pylist(), strict=True))[ks[2]] == 1
+    clean(out)
+
+    def rows(where):
+        return sorted((r["key"], r["prompt_id"], r["status"], r["text"]) for r in Ledger(where, "captions/clean").read().to_pylist())
+
+    first = rows(out)
+    Ledger(out, "captions/raw").compact()
+    for p in (out / "captions" / "clean").glob("part-*"):
+        p.unlink()
+    assert clean(out).pending == 3  # every key again: its clean rows were removed
+    assert rows(out) == first
+    again = CleanStage.inputs(cfg, StageContext(out))
+    assert sorted(again["_src"].to_pylist()) == sorted(inputs["_src"].to_pylist())

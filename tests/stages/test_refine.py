@@ -266,8 +266,10 @@ def test_identical_inputs_reuse_the_ledger_row_without_generating(demo_data, tmp
     cfg = from_dict(RefineConfig, {"model": "scripted"}, "stages.refine")
     stage = RefineStage(cfg, StageContext(out))
     inputs = RefineStage.inputs(cfg, StageContext(out))
+    assert inputs.column_names == ["key", "_part", "_parse_part", "gt_mask", "_src"]  # no caption text
     row = final_rows(out)[keys(out)[0]]
-    batch = {"key": ["photos/copy"], "inputs": [inputs["inputs"][0].as_py()], "_fp": [row["_fp"]]}
+    batch = {"key": ["photos/copy"], "_fp": [row["_fp"]],
+             **{n: [inputs[n][0].as_py()] for n in ("_part", "_parse_part", "gt_mask")}}
     got = stage(batch)  # a new key whose inputs hash equals an existing row's: reused, nothing generated
     assert got["captions"] == [row["captions"]] and len(engine.requests) == 1
 
