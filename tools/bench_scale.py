@@ -10,6 +10,8 @@ plus the upstream ledgers the shard stage reads (`captions/final` with ten capti
   noop      a whole `run_stage` with nothing to do (inputs, ledger check, pending, finalize stamp)
   status    `facecurate status`'s computation for the stage (`stage_status`)
   clean     the clean stage's input assembly (`CleanStage.inputs`: ten raw caption rows per key)
+  refine    the refine stage's input assembly (`RefineStage.inputs`: ten cleaned captions and the parse
+            rows per key; `captions/clean` is the raw ledger's parts, hard-linked)
   shard     the shard stage's input assembly (`ShardStage.inputs`: index, four upstream ledgers)
   compact   folding the ledger plus ten parts that rewrite 1% of the keys each (on a copy)
 Prints seconds, µs per key, peak RSS and its growth over the process's import baseline per key, and
@@ -49,7 +51,7 @@ from pipeline.core.config import StageConfig  # noqa: E402
 from pipeline.core.stage import Stage  # noqa: E402
 
 SHAPES = {"ingest-sized": ("bench_scale_one", 1), "caption-sized": ("bench_scale_ten", 10)}
-OPS = ["pending", "noop", "status", "clean", "shard", "compact"]
+OPS = ["pending", "noop", "status", "clean", "refine", "shard", "compact"]
 CHUNK = 200_000  # keys per generated part: fixtures are written in bounded pieces too
 
 
@@ -146,6 +148,18 @@ def build(work: Path, n: int) -> Path:
     return out
 
 
+def _clean_ledger(out: Path) -> None:
+    """`captions/clean` as hard links to `captions/raw`'s parts (the columns refine reads are there)."""
+    clean, raw = out / "captions" / "clean", out / "captions" / "raw"
+    if not clean.exists():
+        tmp = clean.with_name(".clean.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for p in raw.glob("part-*.parquet"):
+            os.link(p, tmp / p.name)
+        tmp.rename(clean)
+
+
 def _rss() -> int:
     """This process's peak RSS: VmHWM (ru_maxrss would start at the parent's peak: Linux keeps it across
     fork and exec)."""
@@ -175,6 +189,8 @@ def one(op: str, out: Path, stage: str, n: int) -> dict[str, Any]:
     register()
     ctx, cfg, spec = StageContext(out), ScaleConfig(), REGISTRY[stage]
     copy = None
+    if op == "refine":
+        _clean_ledger(out)
     if op == "compact":  # on a copy: the fixture stays as built
         copy = Path(tempfile.mkdtemp(dir=out.parent))
         shutil.copytree(out / stage, copy / stage)
@@ -206,6 +222,10 @@ def one(op: str, out: Path, stage: str, n: int) -> dict[str, Any]:
         from pipeline.stages.clean import CleanConfig, CleanStage
 
         assert CleanStage.inputs(CleanConfig(), ctx, ()).num_rows == n
+    elif op == "refine":
+        from pipeline.stages.refine import RefineConfig, RefineStage
+
+        assert RefineStage.inputs(RefineConfig(model="none"), ctx, ()).num_rows == n
     elif op == "shard":
         table = ShardStage.inputs(ShardConfig(), ctx, REGISTRY["shard"].requires)
         assert table.num_rows == n
@@ -244,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             for shape, (stage, _) in SHAPES.items():
                 if shape not in args.shapes:
                     continue
-                if op in ("shard", "clean") and shape != "ingest-sized":
+                if op in ("shard", "clean", "refine") and shape != "ingest-sized":
                     continue  # these read the same upstream ledgers whatever the shape
                 proc = subprocess.run([sys.executable, __file__, "--one", op, str(out), stage, str(n)],
                                       capture_output=True, text=True, env=env, timeout=6 * 3600)
@@ -254,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 per_key = r["seconds"] / n
                 ref = first.setdefault((op, shape), per_key)
-                name = op if op in ("shard", "clean") else shape
+                name = op if op in ("shard", "clean", "refine") else shape
                 print(f"{op:<10}{name:<15}{n:>12,}{r['seconds']:>10.2f}{1e6 * per_key:>9.2f}"
                       f"{r['peak_rss'] / 1e6:>8.0f}MB{(r['peak_rss'] - r['base_rss']) / n:>8,.0f}"
                       f"{per_key / ref:>9.2f}x", flush=True)

@@ -78,7 +78,7 @@ def raw_parts(out: Any, keys: pa.Array | pa.ChunkedArray):
         for c in RAW_COLUMNS:
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
-        for key, rows in rows_by_key(t, pc.unique(t["key"]).sort()):
+        for key, rows in rows_by_key(t, pc.unique(t["key"]).sort(), chunk=4096):
             yield key, seq, raw_rows(rows)
 
 

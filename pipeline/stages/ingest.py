@@ -127,15 +127,15 @@ class IngestError(Exception):
 
 
 def scan(cfg: IngestConfig) -> Scan:
-    rows, ignored = [], []
+    tables, ignored = [], []
     for i, src in enumerate(cfg.sources):
         try:
             s = _scan_one(src)
         except ValueError as e:  # a source that cannot be read as configured: say which and why
             raise ConfigError(f"stages.ingest.sources[{i}] ({src.path}): {e}") from None
-        rows += s.rows
+        tables.append(s.table)
         ignored += s.ignored
-    return Scan(rows, ignored)
+    return Scan(pa.concat_tables(tables) if tables else SCAN_SCHEMA.empty_table(), ignored)
 
 
 def _scan_one(src: SourceConfig) -> Scan:
@@ -152,8 +152,10 @@ def _scan_one(src: SourceConfig) -> Scan:
     else:
         s = scan_parquet(src.path, name, src.image_column, src.id_column, **follow)
     if src.license:
-        for r in s.rows:
-            r["license"] = r["license"] or src.license
+        lic = s.table["license"]
+        given = pc.fill_null(pc.not_equal(lic, ""), False)
+        s.table = s.table.set_column(s.table.schema.get_field_index("license"), "license",
+                                     pc.if_else(given, lic, pa.scalar(src.license, pa.string())))
     return s
 
 
@@ -332,7 +334,7 @@ class IngestStage(Stage):
             text = "\n".join(lines) + "\n" if lines else ""
             # surrogateescape writes a non-UTF-8 file name back as its original bytes instead of failing
             update_bytes(ctx.out / "ingest" / "ignored.tsv", text.encode(errors="surrogateescape"))
-        return pa.Table.from_pylist(found.rows, schema=SCAN_SCHEMA)
+        return found.table
 
     @classmethod
     def finalize(cls, cfg: IngestConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:

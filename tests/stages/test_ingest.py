@@ -369,3 +369,22 @@ def test_folder_scan_keys_kinds_and_identities_are_those_of_the_helpers(tmp_path
     assert sorted(p for p, why in scan.ignored) == sorted(
         str(p) for p in tmp_path.rglob("*") if p.is_file() and _classify(str(p.relative_to(tmp_path))) is None)
     assert {why for _, why in scan.ignored} == {"not an image file"}
+
+
+def test_colliding_stems_get_their_extension_and_the_scan_is_arrow_sorted_by_key(tmp_path):
+    from pipeline.data.sources import RowBuffer, _dedupe_keys, scan_folder
+
+    root = tmp_path / "photos"
+    (root / "z").mkdir(parents=True)
+    for name in ["b.jpg", "a.png", "a.jpg", "z/c.jpg", "a.webp", "a_jpg.jpg"]:
+        (root / name).write_bytes(b"")
+    s = scan_folder(root, "photos")
+    assert s.table.column_names == s.table.schema.names and isinstance(s.rows, list)
+    keys = s.table["key"].to_pylist()
+    assert keys[2:] == ["photos/a_png", "photos/a_webp", "photos/b", "photos/z/c"]
+    # a.jpg's photos/a_jpg meets a_jpg.jpg's: both then carry a hash of their path
+    assert len(set(keys)) == 6 and all(k.startswith("photos/a_jpg_") and len(k) == 21 for k in keys[:2])
+    buf = RowBuffer(chunk=2)  # rows made Arrow every two rows read back whole and in key order
+    for r in reversed(s.rows):
+        buf.append(r)
+    assert _dedupe_keys(buf)["key"].to_pylist() == sorted(s.table["key"].to_pylist())
