@@ -42,8 +42,15 @@ from pipeline.core.ledger import OK, BatchRows, Ledger, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
 from pipeline.engines import stats as engine_stats
-from pipeline.text.evidence import (ABSENT_SHARE, PARSE_COLUMNS, PRESENT_SHARE, grade_evidence, ground_truth,
-                                     label_pixels, parse_evidence)
+from pipeline.text.evidence import (
+    ABSENT_SHARE,
+    PARSE_COLUMNS,
+    PRESENT_SHARE,
+    grade_evidence,
+    ground_truth,
+    label_pixels,
+    parse_evidence,
+)
 from pipeline.text.judge import MASK_ITEMS, KeyState
 from pipeline.text.refine_prompt import (
     INSTRUCTIONS,

@@ -43,8 +43,17 @@ from pipeline.core.stage import Stage, StageContext, default_inputs
 from pipeline.data.arrays import read_npz_members
 from pipeline.data.labels import class_pixel_counts
 from pipeline.data.shard_assembly import assemble, build_index, plan_shards, vae_info
-from pipeline.data.views import (CaptionRows, ViewError, by_key, dumps, load_views, rows_of, truthy, upstream,
-                                  view_columns)
+from pipeline.data.views import (
+    CaptionRows,
+    ViewError,
+    by_key,
+    dumps,
+    load_views,
+    rows_of,
+    truthy,
+    upstream,
+    view_columns,
+)
 from pipeline.data.wds import sample_fragment
 
 UPSTREAM = ("refine", "parse", "sketch", "latents")
