@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.core.files import atomic_write, atomic_write_bytes, sweep_beside
 from pipeline.core.ledger import OK
 from pipeline.data.views import read_ledger
@@ -33,6 +36,11 @@ SHARD_RE = re.compile(r"^(.+)-(\d{6})\.tar$")
 PROGRESS = ".assembly.json"
 
 
+def as_table(rows: pa.Table | list[dict[str, Any]]) -> pa.Table:
+    """Shard ledger rows as Arrow (a list of row dicts, from tests and tools, is converted)."""
+    return rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+
+
 @dataclass
 class ShardPlan:
     """One shard to write.
@@ -40,40 +48,68 @@ class ShardPlan:
     Args:
         name: file name, `<split>-NNNNNN.tar`.
         split: the split all its samples belong to.
-        rows: shard ledger rows of its samples, in order (each names its staged fragment).
+        table: `key`, `staged`, `sha256` of its samples, in order (each names its staged fragment).
     """
 
     name: str
     split: str
-    rows: list[dict[str, Any]]
+    table: pa.Table
+
+    @property
+    def samples(self) -> int:
+        return self.table.num_rows
 
     @property
     def digest(self) -> str:
         h = hashlib.sha256()
-        for r in self.rows:
-            h.update(f"{r['key']}\t{r['staged']}\t{r['sha256']}\n".encode())
+        for key, staged, sha in zip(*(self.table[c].to_pylist() for c in ("key", "staged", "sha256")), strict=True):
+            h.update(f"{key}\t{staged}\t{sha}\n".encode())
         return h.hexdigest()
 
 
-def plan_shards(rows: list[dict[str, Any]], cfg: Any) -> list[ShardPlan]:
-    """Deterministic: split order, then (hash of seed and key) or key order, rolled by count and bytes."""
-    def order(r: dict[str, Any]) -> tuple:
-        salted = f"{cfg.order_seed}:{r['key']}".encode()
-        k = r["key"] if cfg.order == "key" else hashlib.sha1(salted).hexdigest()
-        return SPLIT_ORDER.get(r["split"], 9), r["split"], k, r["key"]
+def _order_column(keys: pa.ChunkedArray | pa.Array, cfg: Any) -> pa.Array | pa.ChunkedArray:
+    """What samples sort by within a split: the key, or sha1(seed:key) (raw bytes sort as its hex does),
+    made one chunk of keys at a time."""
+    if cfg.order == "key":
+        return keys
+    chunks = []
+    for lo in range(0, len(keys), 1 << 16):
+        chunks.append(pa.array([hashlib.sha1(f"{cfg.order_seed}:{k}".encode()).digest()
+                                for k in keys.slice(lo, 1 << 16).to_pylist()], pa.binary()))
+    return pa.chunked_array(chunks, pa.binary())
 
+
+def plan_shards(rows: pa.Table | list[dict[str, Any]], cfg: Any) -> list[ShardPlan]:
+    """Deterministic: split order, then (hash of seed and key) or key order, rolled by count and bytes.
+    Sorting is Arrow's (stable); the roll walks two integer columns, never a dict per sample."""
+    t = as_table(rows)
+    if not t.num_rows:
+        return []
+    t = t.select(["key", "split", "staged", "bytes", "sha256"])
+    rank = pc.fill_null(pc.index_in(t["split"], value_set=pa.array(list(SPLIT_ORDER), pa.string())), 9)
+    order = pa.table({"r": rank, "s": t["split"], "o": _order_column(t["key"], cfg), "k": t["key"]})
+    t = t.take(pc.sort_indices(order, sort_keys=[(c, "ascending") for c in ("r", "s", "o", "k")]))
+    split = pc.dictionary_encode(t["split"]).combine_chunks()
+    names, codes = split.dictionary.to_pylist(), split.indices.to_numpy(zero_copy_only=False)
+    sizes = t["bytes"].to_numpy()
+    starts: list[int] = []  # the first row of each shard
+    last_code, n_in, size, i = -1, 0, 0, 0
+    for lo in range(0, len(codes), 1 << 16):
+        for code, nbytes in zip(codes[lo:lo + (1 << 16)].tolist(), sizes[lo:lo + (1 << 16)].tolist(), strict=True):
+            if (not starts or last_code != code or n_in >= cfg.max_samples
+                    or size + nbytes + len(END_OF_ARCHIVE) > cfg.max_bytes and n_in):
+                starts.append(i)
+                last_code, n_in, size = code, 0, 0
+            n_in += 1
+            size += nbytes
+            i += 1
     plans: list[ShardPlan] = []
-    size = 0
-    for r in sorted(rows, key=order):
-        last = plans[-1] if plans else None
-        if (last is None or last.split != r["split"] or len(last.rows) >= cfg.max_samples
-                or size + r["bytes"] + len(END_OF_ARCHIVE) > cfg.max_bytes and last.rows):
-            n = sum(p.split == r["split"] for p in plans)
-            last = ShardPlan(f"{r['split']}-{n:06d}.tar", r["split"], [])
-            plans.append(last)
-            size = 0
-        last.rows.append(r)
-        size += r["bytes"]
+    per_split: Counter = Counter()
+    for first, end in zip(starts, [*starts[1:], t.num_rows], strict=True):
+        sp = names[codes[first]]
+        plans.append(ShardPlan(f"{sp}-{per_split[sp]:06d}.tar", sp, t.slice(first, end - first).select(
+            ["key", "staged", "sha256"])))
+        per_split[sp] += 1
     return plans
 
 
@@ -88,13 +124,14 @@ def assemble(out: Path, plans: list[ShardPlan], restage: Callable[[list[str]], N
     todo = [p for p in plans if not _unchanged(shards / p.name, progress.get(p.name), p.digest)]
     if todo:
         (shards / "index.json").unlink(missing_ok=True)  # no completion marker while shards change
-        lost = [r["key"] for p in todo for r in p.rows if not (out / r["staged"]).exists()]
+        lost = [key for p in todo for key, staged in zip(p.table["key"].to_pylist(), p.table["staged"].to_pylist(),
+                                                         strict=True) if not (out / staged).exists()]
         if lost:
             restage(lost)
     for plan in todo:
-        sha256, size = _write_shard(out, shards / plan.name, plan.rows)
+        sha256, size = _write_shard(out, shards / plan.name, plan.table["staged"].to_pylist())
         progress[plan.name] = {"plan": plan.digest, "sha256": sha256, "bytes": size,
-                               "mtime_ns": (shards / plan.name).stat().st_mtime_ns, "samples": len(plan.rows)}
+                               "mtime_ns": (shards / plan.name).stat().st_mtime_ns, "samples": plan.samples}
         atomic_write_bytes(progress_path, json.dumps(progress, indent=1, sort_keys=True).encode())
     names = {p.name for p in plans}
     for p in shards.iterdir():
@@ -102,18 +139,18 @@ def assemble(out: Path, plans: list[ShardPlan], restage: Callable[[list[str]], N
             p.unlink()
     progress = {k: v for k, v in progress.items() if k in names}
     atomic_write_bytes(progress_path, json.dumps(progress, indent=1, sort_keys=True).encode())
-    return [{"name": p.name, "split": p.split, "samples": len(p.rows), "bytes": progress[p.name]["bytes"],
-             "sha256": progress[p.name]["sha256"], "_rows": p.rows} for p in plans]
+    return [{"name": p.name, "split": p.split, "samples": p.samples, "bytes": progress[p.name]["bytes"],
+             "sha256": progress[p.name]["sha256"]} for p in plans]
 
 
-def _write_shard(out: Path, path: Path, rows: list[dict[str, Any]]) -> tuple[str, int]:
+def _write_shard(out: Path, path: Path, staged: list[str]) -> tuple[str, int]:
     """The fragments back to back + the end-of-archive blocks, written atomically; (sha256, bytes)."""
     done: dict[str, Any] = {}
 
     def fill(f: IO[bytes]) -> None:  # may be called twice (atomic_write retries beside a cross-disk .tmp)
         h, n = hashlib.sha256(), 0
-        for r in rows:
-            data = (out / r["staged"]).read_bytes()
+        for rel in staged:
+            data = (out / rel).read_bytes()
             f.write(data)
             h.update(data)
             n += len(data)
@@ -134,22 +171,25 @@ def _unchanged(path: Path, entry: dict | None, digest: str) -> bool:
     return st.st_size == entry["bytes"] and st.st_mtime_ns == entry["mtime_ns"]
 
 
-def build_index(written: list[dict[str, Any]], rows: list[dict[str, Any]], resolution: int | None,
+def build_index(written: list[dict[str, Any]], rows: pa.Table | list[dict[str, Any]], resolution: int | None,
                 vae_info: dict[str, dict]) -> dict:
     """`index.json`: the shards (name, split, samples, bytes, sha256) plus totals; no timestamps, so an
-    unchanged dataset gives an identical file."""
+    unchanged dataset gives an identical file. Counts come from Arrow columns of the rows."""
+    t = as_table(rows)
     splits: dict[str, dict[str, int]] = {}
     for s in written:
         d = splits.setdefault(s["split"], {"shards": 0, "samples": 0, "bytes": 0})
         d["shards"] += 1
         d["samples"] += s["samples"]
         d["bytes"] += s["bytes"]
+    ok = pc.equal(t["status"], OK) if t.num_rows else pa.array([], pa.bool_())
     vaes: dict[str, Any] = {}
-    for r in (r for s in written for r in s["_rows"]):
-        for f in r["fields"]:
-            if f.endswith(".latent.npy"):
-                name = f.split(".")[0]
-                vaes.setdefault(name, dict(vae_info.get(name, {}), samples=0))["samples"] += 1
+    if t.num_rows and "fields" in t.column_names:
+        fields = pc.list_flatten(t.filter(ok)["fields"])
+        latent = fields.filter(pc.ends_with(fields, ".latent.npy"))
+        for name, n in value_counts(pc.list_element(pc.split_pattern(latent, ".", max_splits=1), 0)).items():
+            vaes[name] = dict(vae_info.get(name, {}), samples=n)
+    left = value_counts(t.filter(pc.invert(ok))["status"]) if t.num_rows else {}
     return {
         "format": "facecurate-webdataset/1",
         "resolution": resolution,
@@ -158,9 +198,18 @@ def build_index(written: list[dict[str, Any]], rows: list[dict[str, Any]], resol
         "samples": sum(s["samples"] for s in written),
         "splits": splits,
         "vaes": dict(sorted(vaes.items())),
-        "left_out": dict(sorted(Counter(r["status"] for r in rows if r["status"] != OK).items())),
+        "left_out": dict(sorted(left.items())),
         "shards": [{k: s[k] for k in ("name", "split", "samples", "bytes", "sha256")} for s in written],
     }
+
+
+def value_counts(values: pa.Array | pa.ChunkedArray) -> dict[Any, int]:
+    """value -> how many times it occurs (nulls left out), from Arrow's hash count."""
+    if not len(values):
+        return {}
+    vc = pc.value_counts(values)
+    return {v: int(n) for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)
+            if v is not None}
 
 
 def vae_info(out: Path) -> dict[str, dict]:

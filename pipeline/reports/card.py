@@ -21,14 +21,19 @@ import html
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from pipeline import __version__
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.data.labels import NAMES, NUM_CLASSES
+from pipeline.data.shard_assembly import as_table, value_counts
 
 LATENT_FIELDS = {"latent": "image", "mask_latent": "colourised mask", "sketch_latent": "sketch"}
 
@@ -132,8 +137,58 @@ def _header(name: str, index: dict, features: dict[str, Any]) -> str:
     return front_matter(head)
 
 
-def _schema(index: dict, ok: list[dict[str, Any]]) -> list[str]:
-    res, present = index["resolution"] or 0, Counter(f for r in ok for f in r["fields"] or [])
+NO_LICENSE = "none recorded (the source's terms apply)"
+
+
+@dataclass
+class Counts:
+    """What the card counts over the ok samples, from Arrow columns (never a dict per sample).
+
+    Args:
+        n: ok samples.
+        fields: field -> samples that have it.
+        licenses, sources: value -> samples.
+        class_pixels: per class, total pixels; class_samples: per class, samples with any.
+        flags: folded flag (`_fold`) -> occurrences; captions: captions per sample -> samples.
+    """
+
+    n: int
+    fields: Counter
+    licenses: Counter
+    sources: Counter
+    class_pixels: list[int]
+    class_samples: list[int]
+    flags: Counter
+    captions: dict[int, int]
+
+    @classmethod
+    def of(cls, rows: pa.Table | list[dict[str, Any]]) -> Counts:
+        t = as_table(rows)
+        ok = t.filter(pc.equal(t["status"], OK)) if t.num_rows else t
+        col = (lambda c: ok[c] if c in ok.column_names else pa.nulls(ok.num_rows))  # noqa: E731
+        lic = col("license")
+        lic = pc.if_else(pc.fill_null(pc.not_equal(pc.cast(lic, pa.string()), ""), False),
+                         pc.cast(lic, pa.string()), pa.scalar(NO_LICENSE)) if ok.num_rows else lic
+        totals, samples = np.zeros(NUM_CLASSES, np.int64), np.zeros(NUM_CLASSES, np.int64)
+        pixels = col("class_pixels")
+        for lo in range(0, ok.num_rows, 1 << 16):  # one chunk of rows at a time
+            part = pixels.slice(lo, 1 << 16)
+            part = part.filter(pc.is_valid(part))
+            if len(part):
+                flat = pc.list_flatten(part).to_numpy(zero_copy_only=False).reshape(len(part), NUM_CLASSES)
+                totals += flat.sum(axis=0)
+                samples += (flat > 0).sum(axis=0)
+        flags: Counter = Counter()
+        for flag, n in value_counts(pc.list_flatten(col("flags")) if ok.num_rows else pa.array([])).items():
+            flags[_fold(flag)] += n
+        caps = value_counts(pc.fill_null(pc.cast(col("captions"), pa.int64()), 0)) if ok.num_rows else {}
+        return cls(ok.num_rows, Counter(value_counts(pc.list_flatten(col("fields"))) if ok.num_rows else {}),
+                   Counter(value_counts(lic)), Counter(value_counts(col("source"))), totals.tolist(),
+                   samples.tolist(), flags, dict(sorted(caps.items())))
+
+
+def _schema(index: dict, counts: Counts) -> list[str]:
+    res, present = index["resolution"] or 0, counts.fields
     rows = [["jpg", "RGB JPEG, quality 95, 4:4:4 chroma", present["jpg"]],
             ["mask.png", "uint8 label map, CelebAMask-HQ ids 0..18, single channel", present["mask.png"]],
             ["sketch.png", "uint8 sketch, black lines on white, single channel", present["sketch.png"]],
@@ -147,7 +202,7 @@ def _schema(index: dict, ok: list[dict[str, Any]]) -> list[str]:
     return ["## Sample schema", "",
             "`__key__` is the facecurate key percent-encoded (`photos/astronaut` -> `photos%2Fastronaut`): "
             "`urllib.parse.unquote(__key__)` gives it back, and `json[\"key\"]` holds it too.", "",
-            _table(["field", "content", f"samples with it (of {len(ok):,})"],
+            _table(["field", "content", f"samples with it (of {counts.n:,})"],
                    [[Md(f"`{a}`"), b, f"{c:,}"] for a, b, c in rows]),  # VAE names are [a-z0-9_]
             "", "A missing field is absent (not empty), and `json.flags` names it (`no_mask`, `no_sketch`, "
             "`no_captions`, `no_latents`) wherever its stage ran.", "",
@@ -184,8 +239,8 @@ FACE_MODEL_LICENSES = [
 ]
 
 
-def _licenses(ok: list[dict[str, Any]], faces: bool = False) -> list[str]:
-    lic = Counter(r.get("license") or "none recorded (the source's terms apply)" for r in ok)
+def _licenses(counts: Counts, faces: bool = False) -> list[str]:
+    lic = counts.licenses
     extra = (["", "Faces were detected, aligned and grouped by identity with dlib's models (`faces` stage); their "
               "terms, from dlib-models:", "", _table(["model", "license"], FACE_MODEL_LICENSES)] if faces else [])
     return ["## Licenses", "",
@@ -196,14 +251,12 @@ def _licenses(ok: list[dict[str, Any]], faces: bool = False) -> list[str]:
             _table(["license", "samples"], [[k, f"{v:,}"] for k, v in _ranked(lic)]), *extra]
 
 
-def _statistics(out: Path, ok: list[dict[str, Any]]) -> list[str]:
-    pixels = [r["class_pixels"] or [0] * NUM_CLASSES for r in ok]
-    totals = [sum(p[c] for p in pixels) for c in range(NUM_CLASSES)]
-    share = [[NAMES[c], f"{totals[c] / (sum(totals) or 1):.4f}", f"{sum(1 for p in pixels if p[c]):,}"]
+def _statistics(out: Path, counts: Counts) -> list[str]:
+    totals = counts.class_pixels
+    share = [[NAMES[c], f"{totals[c] / (sum(totals) or 1):.4f}", f"{counts.class_samples[c]:,}"]
              for c in range(NUM_CLASSES)]
-    flags = Counter(_fold(f) for r in ok for f in r["flags"] or [])
-    caps = Counter(r["captions"] or 0 for r in sorted(ok, key=lambda r: r["captions"] or 0))
-    sources = _ranked(Counter(r["source"] for r in ok))
+    flags, caps = counts.flags, counts.captions
+    sources = _ranked(counts.sources)
     parts = ["## Statistics", "", _table(["source", "samples"], [[k, f"{v:,}"] for k, v in sources]),
              "", "Class pixel share over the stored masks (at the shard resolution):", "",
              _table(["class", "pixel share", "samples with it"], share), "",
@@ -270,31 +323,33 @@ def _how_to_load(index: dict) -> list[str]:
             "`facecurate export RUN --format mmface-dit` writes the folder layout of the public MMFace-DiT trainer."]
 
 
-def render(out: Path, index: dict, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def render(out: Path, index: dict, rows: pa.Table | list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """(README.md text, features) for the shards of the run in `out`."""
     path = out / "manifest.resolved.yaml"
     resolved = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
     name = (resolved.get("manifest") or {}).get("name") or out.name
-    ok = [r for r in rows if r["status"] == OK]
+    counts = Counts.of(rows)
     res = index["resolution"] or 0
     features = hf_features({v: int(m.get("channels") or 0) for v, m in index["vaes"].items()}, res)
-    present = Counter(f.split(".")[0] for r in ok for f in r["fields"] or [])
+    present = Counter()
+    for f, n in counts.fields.items():
+        present[f.split(".")[0]] += n
     have = [w for w, f in (("19-class masks", "mask"), ("sketches", "sketch"), ("captions", "captions"))
             if present[f]] + ([f"{', '.join(index['vaes'])} VAE latents"] if index["vaes"] else [])
     parts = [_header(name, index, features), "", f"# {md(name)}", "",
-             f"{len(ok):,} face images at {res}x{res}" + (f" with {', '.join(have)}" if have else "") +
+             f"{counts.n:,} face images at {res}x{res}" + (f" with {', '.join(have)}" if have else "") +
              f", as WebDataset shards. Made by facecurate {__version__}; the run folder's "
              "`manifest.resolved.yaml` records every setting.", "", "## Splits", "",
              _table(["split", "samples", "shards", "bytes"],
                     [[sp, f"{d['samples']:,}", d["shards"], f"{d['bytes']:,}"]
                      for sp, d in index["splits"].items()]),
              "", f"Left out, by reason (see the shard ledger): {_counts(index['left_out'])}.", "",
-             *_schema(index, ok), "", *_models(resolved, index), "", *_licenses(ok, (out / "faces" / "report.json").exists()), "",
-             *_statistics(out, ok), "", *_how_to_load(index), ""]
+             *_schema(index, counts), "", *_models(resolved, index), "",
+             *_licenses(counts, (out / "faces" / "report.json").exists()), "", *_statistics(out, counts), "", *_how_to_load(index), ""]
     return "\n".join(parts), features
 
 
-def write_card(out: Path, index: dict, rows: list[dict[str, Any]]) -> None:
+def write_card(out: Path, index: dict, rows: pa.Table | list[dict[str, Any]]) -> None:
     """Write `shards/features.json` and `shards/README.md`."""
     text, features = render(out, index, rows)
     atomic_write_bytes(out / "shards" / "features.json", (json.dumps(features, indent=1) + "\n").encode())

@@ -256,9 +256,10 @@ class ShardStage(Stage):
         from pipeline.reports.card import write_card
 
         assert inputs is not None, "the runner always passes the inputs"
-        current = dict(zip(inputs["key"].to_pylist(), inputs["_fp"].to_pylist(), strict=True))
-        rows = [r for r in ctx.ledger("shard").read().to_pylist() if current.get(r["key"]) == r["_fp"]]
-        ok = [r for r in rows if r["status"] == OK]
+        # the rows of the current inputs (key and fingerprint), as Arrow columns: no dict per sample
+        rows = ctx.ledger("shard").read()
+        rows = rows.filter(pc.fill_null(pc.equal(rows["_fp"], by_key(inputs, rows["key"], "_fp")), False))
+        ok = rows.filter(pc.equal(rows["status"], OK))
         written = assemble(ctx.out, plan_shards(ok, cfg), lambda lost: _restage(cls(cfg, ctx), inputs, lost))
         resolution = int(inputs["_resolution"][0].as_py()) if inputs.num_rows else cfg.resolution
         index = build_index(written, rows, resolution, vae_info(ctx.out))
@@ -267,8 +268,9 @@ class ShardStage(Stage):
         index["files"] = {n: sha256_file(ctx.out / "shards" / n) for n in ("README.md", "features.json")}
         atomic_write_bytes(ctx.out / "shards" / "index.json", (json.dumps(index, indent=1) + "\n").encode())
         if not cfg.keep_staged:
-            for r in ok:
-                (ctx.out / r["staged"]).unlink(missing_ok=True)
+            for lo in range(0, ok.num_rows, 1 << 16):
+                for rel in ok["staged"].slice(lo, 1 << 16).to_pylist():
+                    (ctx.out / rel).unlink(missing_ok=True)
 
 
 def _restage(stage: ShardStage, inputs: pa.Table, keys: list[str]) -> None:

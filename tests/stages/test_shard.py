@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -492,3 +493,42 @@ def test_ray_runner_writes_the_same_shards(sharded, encoded, tiny_model, tmp_pat
     finally:
         ray.shutdown()
     assert (out / "shards" / "index.json").read_text() == (sharded / "shards" / "index.json").read_text()
+
+
+def _reference_plans(rows, cfg):
+    """The planning rule written plainly: split order, then seeded hash (or key) order, a new shard when
+    the split changes or the next sample passes max_samples or max_bytes."""
+    from pipeline.data.shard_assembly import SPLIT_ORDER
+    from pipeline.data.wds import END_OF_ARCHIVE
+
+    def order(r):
+        k = r["key"] if cfg.order == "key" else hashlib.sha1(f"{cfg.order_seed}:{r['key']}".encode()).hexdigest()
+        return SPLIT_ORDER.get(r["split"], 9), r["split"], k, r["key"]
+
+    plans, size = [], 0
+    for r in sorted(rows, key=order):
+        if (not plans or plans[-1][1] != r["split"] or len(plans[-1][2]) >= cfg.max_samples
+                or size + r["bytes"] + len(END_OF_ARCHIVE) > cfg.max_bytes):
+            plans.append((f"{r['split']}-{sum(p[1] == r['split'] for p in plans):06d}.tar", r["split"], []))
+            size = 0
+        plans[-1][2].append(r["key"])
+        size += r["bytes"]
+    return plans
+
+
+@pytest.mark.parametrize("order", ["hash", "key"])
+def test_arrow_shard_plans_follow_the_planning_rule(order):
+    import random
+    from types import SimpleNamespace
+
+    from pipeline.data.shard_assembly import plan_shards
+
+    rng = random.Random(7)
+    for trial in range(12):
+        rows = [{"key": f"k{rng.randrange(10 ** 6)}/{i}", "split": rng.choice(["train", "val", "test", "extra", "train"]),
+                 "staged": f"s{i}", "bytes": rng.randrange(1, 5000), "sha256": f"{i:064d}"}
+                for i in range(rng.randrange(0, 1500))]
+        cfg = SimpleNamespace(order=order, order_seed=rng.randrange(100), max_samples=rng.randrange(1, 200),
+                              max_bytes=rng.randrange(5000, 100_000))
+        got = [(p.name, p.split, p.table["key"].to_pylist()) for p in plan_shards(rows, cfg)]
+        assert got == _reference_plans(rows, cfg), trial

@@ -1,0 +1,1 @@
+"""facecurate's tests (a regular package, so `tests.*` helpers win over any `tests` a dependency installs)."""
