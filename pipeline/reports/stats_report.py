@@ -3,7 +3,7 @@
 It takes the document the stats stage wrote (`stats/attributes.json`, built by `pipeline.data.attributes`)
 and the run's ledgers for the sample thumbnails. The page embeds everything (plots, thumbnails, CSS) as
 data URIs, so it opens anywhere, offline, as one file: a summary, the group rule, a per-class table, the
-plots, a grid of image / mask / sketch triplets and the keys where the parsers disagree most. No dates,
+plots, a grid of image / mask / sketch triplets with their first final captions and the keys where the parsers disagree most. No dates,
 versions or absolute paths: the same document gives the same bytes.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
@@ -60,12 +61,9 @@ def plots(doc: dict[str, Any]) -> dict[str, bytes]:
     ref = doc["groups"]["reference_split"]
     fig = Figure(figsize=(6.5, 5))
     ax = fig.subplots()
-    for c in doc["classes"]:
-        s, o = c["pixel_share"][ref], c["occurrence"][ref]
-        if not s or not o:
-            continue  # absent from the split: no place on a log-log plot (the table lists it)
-        ax.scatter(s, o, color=GROUP_COLOURS[c["group"]])
-        ax.annotate(c["name"], (s, o), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    shown = [c for c in doc["classes"] if c["pixel_share"][ref] and c["occurrence"][ref]]
+    for c in shown:  # absent from the split: no place on a log-log plot (the table lists it)
+        ax.scatter(c["pixel_share"][ref], c["occurrence"][ref], color=GROUP_COLOURS[c["group"]], zorder=3)
     rule = doc["groups"]["rule"]
     for v, style in ((rule["hfa_share"], "--"), (rule["rfa_share"], ":")):
         ax.axvline(v, color="k", linestyle=style, linewidth=0.8)
@@ -73,9 +71,14 @@ def plots(doc: dict[str, Any]) -> dict[str, bytes]:
         ax.axhline(v, color="k", linestyle=style, linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if shown:  # headroom, so labels of the points at occurrence 1 stay inside the axes
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 1.35)
+    _label_points(fig, ax, [(c["pixel_share"][ref], c["occurrence"][ref], f"{c['id']} {c['name']}",
+                             GROUP_COLOURS[c["group"]]) for c in shown])
     ax.set_xlabel(f"mean pixel share ({ref})")
     ax.set_ylabel(f"occurrence ({ref})")
-    ax.set_title("groups: HFA blue, NFA grey, RFA red (dashed: HFA bounds, dotted: RFA bounds)", fontsize=9)
+    ax.set_title("groups: HFA blue, NFA grey, RFA red\n(dashed: HFA bounds, dotted: RFA bounds)", fontsize=9)
     out["groups"] = _png(fig)
     fig = Figure(figsize=(10, 3.2))
     ax = fig.subplots()
@@ -87,6 +90,36 @@ def plots(doc: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
+OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31)]
+
+
+def _label_points(fig, ax, points: list[tuple[float, float, str, str]], size: float = 7) -> None:
+    """Label each point beside it, trying a few offsets (points) and taking the first whose box overlaps
+    neither another label nor a marker and stays inside the axes: classes of a face dataset crowd
+    together (nose, hair, neck at occurrence 1). A label moved away from its point gets a thin leader."""
+    to_px = fig.dpi / 72
+    ax.figure.canvas.draw()  # final limits and transforms
+    frame = ax.get_window_extent()
+    xy = [ax.transData.transform((x, y)) for x, y, _, _ in points]
+    boxes: list[tuple[float, float, float, float]] = [(px - 4, py - 4, px + 4, py + 4) for px, py in xy]
+
+    def free(b: tuple[float, float, float, float]) -> bool:
+        inside = frame.x0 <= b[0] and b[2] <= frame.x1 and frame.y0 <= b[1] and b[3] <= frame.y1
+        return inside and not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in boxes)
+
+    for (x, y, text, colour), (px, py) in zip(points, xy, strict=True):
+        w, h = 0.6 * size * to_px * len(text), size * to_px * 1.2
+        for i, (dx, dy) in enumerate(OFFSETS):
+            left = px + dx * to_px if dx > 0 else px + dx * to_px - w
+            box = (left, py + dy * to_px, left + w, py + dy * to_px + h)
+            if free(box) or i == len(OFFSETS) - 1:
+                break
+        boxes.append(box)
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=size, color=colour,
+                    ha="left" if dx > 0 else "right", va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": "#bbb", "linewidth": 0.5} if i > 1 else None)
+
+
 def sample_triplets(ctx: StageContext, n: int, size: int = 176) -> list[dict[str, str]]:
     """Up to `n` keys of the stats ledger (picked by key hash, so the choice is stable) as thumbnails."""
     t = ctx.ledger("stats").read(["key", "status", "agreement"])
@@ -96,9 +129,13 @@ def sample_triplets(ctx: StageContext, n: int, size: int = 176) -> list[dict[str
     index = {r["key"]: r["path"] for r in ctx.index(["key", "path"]).to_pylist() if r["key"] in set(chosen)}
     sketches = {r["key"]: r["sketch"] for r in ctx.ledger("sketch").read(["key", "status", "sketch"]).to_pylist()
                 if r["status"] == OK and r["key"] in set(chosen)}
+    final = ctx.ledger("refine").read(["key", "status", "captions"])
+    final = final.filter(pc.and_(pc.equal(final["status"], OK), pc.is_in(final["key"], value_set=pa.array(
+        chosen, pa.string())))) if final.num_rows else final
+    captions = dict(zip(final["key"].to_pylist(), final["captions"].to_pylist(), strict=True)) if final.num_rows else {}
     out = []
     for key in sorted(chosen):
-        item = {"key": key, "agreement": agreement[key]}
+        item = {"key": key, "agreement": agreement[key], "captions": (captions.get(key) or [])[:3]}
         try:
             path = Path(index[key])
             item["image"] = thumb(load_rgb(path if path.is_absolute() else ctx.out / path), size,
@@ -119,7 +156,8 @@ CSS = BASE_CSS + """
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
 .cell{border:1px solid #ddd;padding:6px}.cell img{width:176px;height:176px;object-fit:contain;background:#eee}
 .HFA{color:#1f77b4}.RFA{color:#d62728}.NFA{color:#555}
-.sw{display:inline-block;width:12px;height:12px;border:1px solid #999;vertical-align:middle}"""
+.sw{display:inline-block;width:12px;height:12px;border:1px solid #999;vertical-align:middle}
+.caps{font-size:13px;margin:6px 0 0 18px;padding:0}.caps li{margin:2px 0}.dim{color:#777;font-size:13px}"""
 
 
 def render_html(doc: dict[str, Any], figures: dict[str, bytes], samples: list[dict[str, str]], title: str) -> str:
@@ -139,7 +177,9 @@ def render_html(doc: dict[str, Any], figures: dict[str, bytes], samples: list[di
                        for k in ("image", "mask", "sketch"))
         agree = "" if s["agreement"] is None else f" · agreement {s['agreement']:.2f}"
         note = f"<div>{e(s['error'])}</div>" if "error" in s else ""
-        cells.append(f"<div class=cell><div class=key>{e(s['key'])}{agree}</div>{imgs}{note}</div>")
+        caps = "".join(f"<li>{e(c)}</li>" for c in s.get("captions") or [])
+        caps = f"<ol class=caps>{caps}</ol>" if caps else "<p class=dim>no final captions (run refine)</p>"
+        cells.append(f"<div class=cell><div class=key>{e(s['key'])}{agree}</div>{imgs}{note}{caps}</div>")
     ag = doc["agreement"]
     low = "".join(f"<tr><td class=l>{e(x['key'])}</td><td>{x['agreement']:.3f}</td></tr>" for x in ag["low_keys"][:50])
     sk = doc["sketch"]
@@ -159,7 +199,7 @@ HFA: {e(', '.join(doc['groups']['HFA']) or '-')}. RFA: {e(', '.join(doc['groups'
 <h2>Classes</h2><table><tr><th>id</th><th class=l>class</th><th class=l>group</th>{head}<th>EC²Face w</th></tr>
 {''.join(rows)}</table>
 <h2>Plots</h2>{figs}
-<h2>Samples: image, mask, sketch</h2><div class=grid>{''.join(cells)}</div>
+<h2>Samples: image, mask, sketch and the first final captions</h2><div class=grid>{''.join(cells)}</div>
 <h2>Parser agreement</h2><p>{ag['low_count']:,} key(s) with agreement (mIoU between parsers) below
 {ag['low_threshold']}; the lowest:</p><table><tr><th class=l>key</th><th>agreement</th></tr>{low}</table>
 <h2>Sketches</h2><p>{e(sketch_line)}</p></body></html>"""

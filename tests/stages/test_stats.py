@@ -58,6 +58,9 @@ def test_counts_merge_like_one_pass():
     assert sorted(low_a + low_b) == sorted(low)
 
 
+CAPTIONS = ["A woman with <b>short</b> hair & a smile.", "Short hair, smiling.", "A smiling woman.", "Fourth."]
+
+
 def hand_masks() -> dict[str, np.ndarray]:
     """16x16 label maps per demo key (splits: celebahq 0/1/2 train/val/test, ffhq 00000/00001 train/val)."""
     def mask(**boxes):
@@ -83,6 +86,13 @@ def stats_run(tiny_model, demo_data, tmp_path_factory):
     run("sketch", out, {"model": str(tiny_model("u2net-portrait-tiny")), "size": 64})
     for key, m in hand_masks().items():
         (out / "masks" / f"{key}.png").write_bytes(encode_png(m))
+    import pyarrow as pa
+
+    from pipeline.core.ledger import Ledger
+
+    Ledger(out, "captions/final").write(pa.table({  # final captions of one key: the triplets show them
+        "key": ["celebahq/0"], "status": ["ok"], "error": [""], "_fp": ["c0"],
+        "captions": [CAPTIONS], "flags": [[]]}))
     result = run("stats", out, {"resolution": 16, "min_share": 0.01, "samples": 5})
     return out, result
 
@@ -133,6 +143,24 @@ def test_report_opens_in_headless_chromium(stats_run, tmp_path):
     for cls in ("skin", "hat"):
         hit = (np.abs(shot - PALETTE[NAMES.index(cls)].astype(int)).sum(-1) <= 6).sum()
         assert hit > 500, f"{cls} colour not found in the screenshot"
+
+
+def test_triplets_show_the_first_final_captions_escaped(stats_run):
+    import subprocess
+
+    from tools.screenshot_report import find_chromium
+
+    out, _ = stats_run
+    page = (out / "stats" / "report.html").read_text()
+    assert "A woman with &lt;b&gt;short&lt;/b&gt; hair &amp; a smile." in page and "Fourth." not in page
+    assert page.count("no final captions (run refine)") == 4  # the other four samples
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (apt-get install -y chromium)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (out / "stats" / "report.html").as_uri()], capture_output=True, text=True, timeout=90).stdout
+    assert "<li>A woman with &lt;b&gt;short&lt;/b&gt; hair &amp; a smile.</li>" in dom  # text, not markup
+    assert "<li>A smiling woman.</li>" in dom
 
 
 def test_stats_is_incremental(stats_run):
