@@ -134,6 +134,19 @@ def recording() -> Iterator[list[Path]]:
         _recorders.remove(got)
 
 
+@contextmanager
+def not_recorded() -> Iterator[None]:
+    """Writes inside the block are not the caller's own files (`recording` leaves them out): a page that
+    every stage refreshes, such as the run's `index.html`, must not tie one stage's finalize stamp to
+    another stage's write."""
+    saved = _recorders[:]
+    _recorders.clear()
+    try:
+        yield
+    finally:
+        _recorders[:] = saved
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (see the module docstring)."""
     atomic_write(path, lambda f: f.write(data))

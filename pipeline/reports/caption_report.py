@@ -214,6 +214,9 @@ def write_report(out: Path, keys: set[str] | None = None, want: int = 10) -> dic
     atomic_write_bytes(folder / "token_lengths.png", png)
     records = image_records(out, [r for r in _final_rows(out, keys) if r["status"] == OK])
     atomic_write_bytes(folder / "report.html", render_html(report, records, png).encode())
+    from pipeline.reports.index_page import write_index
+
+    write_index(out)
     return report
 
 
@@ -307,13 +310,14 @@ def _image_html(rec: dict[str, Any]) -> str:
 
 
 def render_html(r: dict[str, Any], records: list[dict[str, Any]], png: bytes) -> str:
-    from pipeline.reports.html_kit import data_uri
+    from pipeline.reports.html_kit import back_link, data_uri
 
     cov = {s.replace("_", " "): f"{100 * v:.0f}%" for s, v in r["coverage"].items()}
     c = r.get("clean", {})
     cons = r["consistency"]
     shown = (f"{len(records)} of {r['ok']:,} images, most problems first" if records else "no images")
     parts = [
+        back_link(),
         f"<h1>Captions</h1><p>{E(headline(r))}.</p>",
         f"<img class=plot alt='CLIP token lengths of final captions' src='{data_uri(png, 'image/png')}'>",
         "<div style='display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start'>",

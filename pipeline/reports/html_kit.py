@@ -13,7 +13,12 @@ CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:
 h1{margin-bottom:4px}table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}th{background:#f4f4f4}
 td.l,th.l{text-align:left}caption{text-align:left;font-weight:600;padding:4px 0}
-.key{font-family:monospace;font-size:12px}img.plot{max-width:100%}"""
+.key{font-family:monospace;font-size:12px}img.plot{max-width:100%}.nav{font-size:13px;margin:0 0 8px}"""
+
+
+def back_link(depth: int = 1) -> str:
+    """A link to the run's front page (`OUT/index.html`) from a page `depth` folders below it."""
+    return f"<p class=nav><a href='{'../' * depth}index.html'>&larr; all reports of this run</a></p>"
 
 
 def data_uri(data: bytes, mime: str) -> str:

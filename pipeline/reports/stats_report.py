@@ -26,7 +26,7 @@ from pipeline.core.stage import StageContext
 from pipeline.data.images import load_rgb
 from pipeline.data.labels import NAMES, PALETTE, colorize
 from pipeline.reports.html_kit import CSS as BASE_CSS
-from pipeline.reports.html_kit import data_uri, kv_table, thumb
+from pipeline.reports.html_kit import back_link, data_uri, kv_table, thumb
 
 GROUP_COLOURS = {"HFA": "#1f77b4", "NFA": "#7f7f7f", "RFA": "#d62728"}
 
@@ -189,7 +189,7 @@ def render_html(doc: dict[str, Any], figures: dict[str, bytes], samples: list[di
                    for name, png in figures.items())
     counts = ", ".join(f"{e(k)}: {v:,}" for k, v in doc["images"].items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style></head>
-<body><h1>{e(title)}</h1><p>Images with a mask: {counts}. Primary parser: {e(json.dumps(doc['parsers']))}.
+<body>{back_link()}<h1>{e(title)}</h1><p>Images with a mask: {counts}. Primary parser: {e(json.dumps(doc['parsers']))}.
 Masks counted at {doc['resolution']}x{doc['resolution']} (nearest); a class occurs in an image when it covers at
 least {doc['min_share']:.2%} of it.</p>
 <h2>Groups</h2><p>{e(doc['groups']['text'])} Computed on split <b>{e(doc['groups']['reference_split'])}</b>.
@@ -223,6 +223,9 @@ def write_report(ctx: StageContext, doc: dict[str, Any], samples: int) -> None:
     if faces.exists():
         page = page.replace("</body></html>", faces_section(json.loads(faces.read_text())) + "</body></html>")
     atomic_write_bytes(folder / "report.html", page.encode())
+    from pipeline.reports.index_page import write_index
+
+    write_index(ctx.out)
 
 
 def faces_section(r: dict[str, Any]) -> str:

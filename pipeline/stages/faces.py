@@ -281,7 +281,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: FacesConfig) -> dic
     """faces/report.json and faces/report.html: faces per photo, sizes, sharpness, pose, identities, drops."""
     from PIL import Image
 
-    from pipeline.reports.html_kit import CSS, kv_table, thumb
+    from pipeline.reports.html_kit import CSS, back_link, kv_table, thumb
+    from pipeline.reports.index_page import write_index
 
     kept = [r for r in rows if r["status"] == OK]
     photos = Counter(r["key"] for r in rows)
@@ -322,12 +323,13 @@ def write_report(out: Path, rows: list[dict[str, Any]], cfg: FacesConfig) -> dic
     page = (f"<!doctype html><meta charset=utf-8><title>Faces</title><style>{CSS}.grid{{display:grid;"
             f"grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:8px}}.cell{{border:1px solid #ddd;"
             f"padding:4px;font-size:12px;overflow-wrap:anywhere}}.cell img{{width:112px;height:112px;object-fit:cover}}.bad{{color:#b00020}}"
-            f".ok{{color:#176e2c}}.dim{{color:#777}}</style><h1>Faces</h1>"
+            f".ok{{color:#176e2c}}.dim{{color:#777}}</style>{back_link()}<h1>Faces</h1>"
             f"<p>{report['photos']:,} photos, {report['faces_kept']:,} faces kept, {report['identities']:,} identities "
             f"(at most {report['splits_per_identity_max']} split per identity).</p>"
             f"{kv_table('Rows by status', report['by_status'], ('status', 'rows'))}"
             f"<h2>Dropped (why) and kept (identity)</h2><div class=grid>{''.join(cells)}</div>\n")
     atomic_write_bytes(out / "faces" / "report.html", page.encode())
+    write_index(out)
     return report
 
 

@@ -154,6 +154,9 @@ def test_triplets_show_the_first_final_captions_escaped(stats_run):
     page = (out / "stats" / "report.html").read_text()
     assert "A woman with &lt;b&gt;short&lt;/b&gt; hair &amp; a smile." in page and "Fourth." not in page
     assert page.count("no final captions (run refine)") == 4  # the other four samples
+    assert "href='../index.html'" in page  # back to the run's front page, which links here
+    front = (out / "index.html").read_text()
+    assert "href='stats/report.html'" in front
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no Chromium on PATH (apt-get install -y chromium)")
