@@ -33,12 +33,9 @@ def _faces(doc: dict[str, Any]) -> str:
 
 
 def _captions(doc: dict[str, Any]) -> str:
-    from pipeline.reports.caption_report import headline
-
-    try:
-        return headline(doc)
-    except (KeyError, TypeError):
-        return f"{doc.get('ok', 0):,} images with final captions"
+    tokens = doc.get("tokens") or {}
+    return (f"{doc.get('ok', 0):,} images with final captions, {doc.get('mean_captions', 0):.1f} captions per image, "
+            f"at most {tokens.get('max', 0)} CLIP tokens ({tokens.get('over_budget', 0)} over 77)")
 
 
 def _stats(doc: dict[str, Any]) -> str:
