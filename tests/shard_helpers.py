@@ -1,7 +1,7 @@
 """Runs for the latents/shard/export tests: ingest on demo data plus upstream outputs we write ourselves,
 and the readers those tests check with (every shard sample; a reference view written apart from the code).
 
-Upstream stages are coded against their contracts (DESIGN.md): `masks/<key>.png` and `sketches/<key>.png`
+Upstream stages are coded against their data contracts: `masks/<key>.png` and `sketches/<key>.png`
 files in each image's frame, and ledger parts for `parse`, `sketches` and `captions/final` with the
 contract columns. Some keys deliberately lack an output, so every test sees the missing-field paths.
 """

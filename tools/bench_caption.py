@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Real dimensions (reference/models.md). Vision: InternViT-300M-448px (qkv with bias).
+# Real dimensions (the models' configs). Vision: InternViT-300M-448px (qkv with bias).
 VISION_300M = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                    image_size=[448, 448], patch_size=[14, 14], attention_bias=True, norm_type="layer_norm",
                    layer_norm_eps=1e-6, use_qk_norm=False, hidden_act="gelu")

@@ -7,7 +7,7 @@ What is timed is what the stages run on the device per batch:
   processor   the Segformer image processor on the CPU (resize 512, rescale, normalise), for comparison:
               on a GPU it can be the ceiling of the parse stage
 Each row: images/s, ms per batch, speed-up over the batch-1 fp32 baseline (side by side), and the share
-of the first-principles ceiling in reference/models.md (MiT-b5 3.6k img/s, U2Net 2.6k img/s on an H100).
+of the first-principles ceiling (FLOPs at 790 TFLOP/s: MiT-b5 3.6k img/s, U2Net 2.6k img/s on an H100).
 
 Models are random-weight copies built from configs: `--real-size` builds MiT-b5 (depths 3/6/40/3,
 widths 64/128/320/512, decoder 768, 19 labels) and the full U2NET(3,1) (44M parameters) at 512x512;
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CEILING = {"segformer": 3600.0, "u2net": 2600.0}  # img/s on one H100 (reference/models.md)
+CEILING = {"segformer": 3600.0, "u2net": 2600.0}  # img/s on one H100: model FLOPs at 790 TFLOP/s
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 

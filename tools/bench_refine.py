@@ -15,7 +15,7 @@ Models:
   on CUDA in bf16. The tokenizer is the tiny model's BPE padded to the real vocabulary, which splits
   the prompt into more tokens than Qwen's own would (the prompt token count is printed).
 - `--model ID_OR_FOLDER`: any real Qwen3 checkpoint you have locally.
-Compare with the first-principles ceiling in reference/models.md: ~32 images/s on one H100 for
+Compare with the first-principles ceiling (Qwen3-1.7B decode, memory-bound on one H100): ~32 images/s on one H100 for
 Qwen3-1.7B at 700 prompt + 700 generated tokens per image.
 
 Needs torch, transformers, tokenizers, numpy, pyarrow, pyyaml and open_clip (only for its CLIP vocabulary
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, base, fast in rows:
         print(f"{name:<24}{base:>22,.3f}{fast:>22,.3f}{fast / base:>8.2f}x")
     if args.real_size:
-        print(f"\nceiling (reference/models.md, H100, 700 in / 700 out): ~32 images/s; "
+        print(f"\nceiling (first principles, H100, 700 in / 700 out): ~32 images/s; "
               f"measured {args.images / batched_s:.1f} images/s at {args.new_tokens} out")
     tmp.cleanup()
     return 0

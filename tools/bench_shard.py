@@ -16,8 +16,8 @@ VAE encode (images/s; image, mask and sketch all count as images):
   tiny        the tiny FLUX-layout VAE through LatentsStage.encode on the CPU (fp32)
   --real-size the FLUX.1 VAE architecture (block_out 128/256/512/512, 2 layers per block, 16 latent
               channels, no quant convs) and the SD VAE (4 channels, quant convs) with random weights,
-              at 256 and 512 px on CUDA in bf16; needs torch and diffusers only. Ceilings from
-              reference/models.md (one H100: ~2.9k img/s at 256, ~700 at 512) are printed alongside.
+              at 256 and 512 px on CUDA in bf16; needs torch and diffusers only. First-principles
+              ceilings (encoder FLOPs at 790 TFLOP/s on one H100: ~2.9k img/s at 256, ~700 at 512) are printed alongside.
 
 Usage:
   python tools/bench_shard.py                          # write, read, tiny VAE on this machine
@@ -46,7 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CEILING = {256: 2900.0, 512: 700.0}  # reference/models.md, FLUX/SD VAE encoder on one H100
+CEILING = {256: 2900.0, 512: 700.0}  # img/s, FLUX/SD VAE encoder FLOPs at 790 TFLOP/s on one H100
 
 
 def make_samples(n: int, res: int) -> list[tuple[str, list[tuple[str, bytes]]]]:

@@ -17,10 +17,10 @@ clipping, AdamW (fused on CUDA). FLOPs per sample are counted analytically (``MM
               + depth x 4 N^2 h                  attention: QK^T and AV over N = N_img + N_txt tokens
 
 i.e. "6 x params x tokens" with each token counting only the weights it passes, plus attention. XL at 256 px
-(N = 256 + 77) is 0.94 TFLOP per sample; at 512 px 3.42 TFLOP (models.md). Recomputation under gradient
+(N = 256 + 77) is 0.94 TFLOP per sample; at 512 px 3.42 TFLOP (6 x params x tokens plus attention). Recomputation under gradient
 checkpointing is not counted (that is MFU, not hardware utilisation), so checkpointing shows as lower MFU.
 MFU is reported against the GPU's dense bf16 peak (H100 SXM / H200: 989 TFLOP/s) and against the practical
-790 TFLOP/s that reference/models.md uses; on CPU against a measured fp32 matmul rate (or --peak-tflops).
+790 TFLOP/s a well-tuned H100 kernel sustains; on CPU against a measured fp32 matmul rate (or --peak-tflops).
 The baseline column is samples/s relative to math (unfused) attention at the same checkpointing setting.
 """
 
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from train.model import MMFaceDiT, MMFaceDiT_models, MMFaceDiTConfig, count_params, peak_tflops  # noqa: E402
 
-PRACTICAL_PEAK = 790.0  # TFLOP/s, reference/models.md's first-principles H100 figure
+PRACTICAL_PEAK = 790.0  # TFLOP/s: what a well-tuned H100 matmul sustains (80% of dense bf16 peak)
 BACKENDS = ("flash", "efficient", "math")
 
 

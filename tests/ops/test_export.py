@@ -47,7 +47,7 @@ def sharded(demo_data, tiny_model, tmp_path_factory) -> Path:
 
 
 class MMFaceLoader:
-    """The public MMFace-DiT loader's file logic (models.md): a sample counts when all four files exist;
+    """The public MMFace-DiT loader's file logic (its utils/utils_final.py): a sample counts when all four files exist;
     each .pt is torch.load-ed, squeezed, cast to float32; one caption line is picked at random."""
 
     def __init__(self, root: Path, dataset: str):
