@@ -3,11 +3,17 @@
 The card is written from what the run recorded, never from assumptions: counts from the shard ledger
 and `index.json`, models and revisions from `manifest.resolved.yaml`, licenses from the index rows,
 statistics from the samples (class pixel shares, flags, captions) plus `stats/attributes.json` when the
-stats stage ran. Its YAML header names the splits and the exact features, so
-`datasets.load_dataset("<this folder or its hub repo>")` works and samples that lack a field still load
-(Hugging Face would otherwise infer the schema from the first five samples). No timestamps, and ties
-in every count are broken by name: the same data gives the same card, whatever order the ledger rows
-came in.
+stats stage ran. Its YAML header is the Hub's dataset card metadata (license, size category, language,
+annotation creators, source datasets, tasks, tags) and names the splits with their sample counts and the
+exact features, so `datasets.load_dataset("<this folder or its hub repo>")` works and samples that lack a
+field still load (Hugging Face would otherwise infer the schema from the first five samples). No
+timestamps, and ties in every count are broken by name: the same data gives the same card, whatever
+order the ledger rows came in.
+
+No absolute path reaches the card: a local model is shown by its folder name and `(local)`
+(`card_meta.public_id`, which the shard stage also applies to every sample's `json`). A section on
+personal and biometric data says, per source, what is known of consent and licences and how to have an
+image removed.
 
 Names, licenses and every other string a user or a source supplied are escaped before they reach the
 card (`md`: one line, HTML entities for `<>&`, Markdown punctuation backslash-escaped, so a `|` cannot
@@ -34,6 +40,18 @@ from pipeline import __version__
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.data.labels import NAMES, NUM_CLASSES
 from pipeline.data.shard_assembly import as_table, value_counts
+from pipeline.reports.card_meta import (
+    CONSENT,
+    NO_LICENSE,
+    OWN_SOURCE,
+    SOURCE_DATASETS,
+    license_meta,
+    pretty_name,
+    public_settings,
+    shown_model,
+    size_category,
+    source_kinds,
+)
 
 LATENT_FIELDS = {"latent": "image", "mask_latent": "colourised mask", "sketch_latent": "sketch"}
 
@@ -54,7 +72,6 @@ def md(value: Any) -> str:
 JSON_FIELDS = Md("key, vae {id, subfolder, revision, scaling_factor, shift_factor, channels}, resolution, "
                  "class_pixels[19], flags, license, source_url, split, source, mask_source, "
                  "aligned {photo_key, procedure, crop}")
-
 
 def hf_features(vaes: dict[str, int], resolution: int) -> dict[str, Any]:
     """The shards' schema as `datasets.Features.to_dict()` data (written by hand: no `datasets` needed)."""
@@ -121,23 +138,35 @@ def front_matter(head: dict[str, Any]) -> str:
     return "---\n" + body.strip() + "\n---"
 
 
-def _header(name: str, index: dict, features: dict[str, Any]) -> str:
+def _header(name: str, index: dict, counts: Counts, kinds: dict[str, str], features: dict[str, Any]) -> str:
+    present = {f.split(".")[-2] if f.endswith(".npy") else f for f in counts.fields}
+    tags = ["faces", "webdataset", "facecurate"]
+    tags += [t for t, f in (("face-parsing", "mask.png"), ("sketch", "sketch.png"),
+                            ("machine-generated-captions", "captions.json"), ("vae-latents", "latent"))
+             if f in present]
     head: dict[str, Any] = {
-        "pretty_name": name, "license": "other", "task_categories": ["text-to-image", "image-segmentation"],
-        "tags": ["faces", "webdataset", "face-parsing", "sketch", "vae-latents", "facecurate"],
+        "pretty_name": pretty_name(name), **license_meta(counts.licenses), "language": ["en"],
+        "annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
+        "size_categories": [size_category(index["samples"])],
+        "source_datasets": sorted({SOURCE_DATASETS.get(k, "original") for k in kinds.values()}) or ["original"],
+        "task_categories": ["text-to-image"], "tags": tags,
         "configs": [{"config_name": "default",
                      "data_files": [{"split": sp, "path": f"{sp}-*.tar"} for sp in index["splits"]]}],
     }
+    info: dict[str, Any] = {}
     try:  # the YAML form of the features comes from `datasets`; the card is complete without it
         import datasets
 
-        head["dataset_info"] = {"features": datasets.Features.from_dict(features)._to_yaml_list()}
+        info["features"] = datasets.Features.from_dict(features)._to_yaml_list()
     except Exception:  # noqa: BLE001
         pass
+    info["splits"] = [{"name": sp, "num_examples": d["samples"]} for sp, d in index["splits"].items()]
+    info["download_size"] = sum(d["bytes"] for d in index["splits"].values())
+    head["dataset_info"] = info
     return front_matter(head)
 
 
-NO_LICENSE = "none recorded (the source's terms apply)"
+
 
 
 @dataclass
@@ -211,18 +240,21 @@ def _schema(index: dict, counts: Counts) -> list[str]:
             "`aligned` (`photo_key`, `procedure`, `crop`: not a face crop of the `faces` stage) are "
             "`\"\"`; `flags` is a list, possibly empty; `class_pixels` is 19 zeros without a mask. `vae` "
             "has an entry per VAE whose latents the sample has; its `subfolder`, `revision` and "
-            "`shift_factor` are that VAE's settings, the same in every sample (null where the VAE has none)."]
+            "`shift_factor` are that VAE's settings, the same in every sample (null where the VAE has none); "
+            "its `id` is the hub id, or the folder name of a local VAE (no path leaves the run: pass that "
+            "folder as `--vae` to `facecurate sample`)."]
 
 
 def _models(resolved: dict, index: dict) -> list[str]:
-    models = resolved.get("models") or {}
+    models = public_settings(resolved.get("models") or {})  # local models by name: no path of this machine
     out = ["## Models and revisions", "",
            _table(["setting", "model"], [[k, Md(f"<code>{md(json.dumps(v))}</code>")]
                                          for k, v in models.items()])
            if models else "No model settings were recorded."]
     if index["vaes"]:
         cols = ["VAE", "id", "revision", "channels", "scaling_factor", "shift_factor", "samples"]
-        out += ["", _table(cols, [[v, m.get("id"), m.get("revision") or "-", m.get("channels"),
+        out += ["", _table(cols, [[v, shown_model(m.get("id"), bool(m.get("local"))), m.get("revision") or "-",
+                                   m.get("channels"),
                                    m.get("scaling_factor"), m.get("shift_factor"), f"{m['samples']:,}"]
                                   for v, m in index["vaes"].items()]),
                 "", "Latents are stored raw: apply `(z - shift_factor) * scaling_factor` (diffusers) or "
@@ -239,16 +271,71 @@ FACE_MODEL_LICENSES = [
 ]
 
 
-def _licenses(counts: Counts, faces: bool = False) -> list[str]:
+def _licenses(counts: Counts, kinds: dict[str, str], faces: bool = False) -> list[str]:
     lic = counts.licenses
+    meta = license_meta(lic)
+    if meta["license"] == "other":
+        head = (f"The card's header says `license: other` (`license_name: {meta['license_name']}`): "
+                + ("the samples carry different licenses, counted below; each sample's own terms apply."
+                   if len(lic) > 1 else "the samples' license has no Hub license id."))
+    else:
+        head = f"The card's header says `license: {meta['license']}`: every sample has that license."
+    kinds_used = set(kinds.values())
+    ffhq = (["", "FFHQ itself (its metadata and the collection) is CC BY-NC-SA 4.0 by NVIDIA: non-commercial "
+             "use, credit by citing its paper, and derivative works under the same license; its images keep "
+             "their Flickr licenses (CC BY 2.0, CC BY-NC 2.0, Public Domain Mark 1.0, CC0 1.0, U.S. Government "
+             "Works)."] if "ffhq" in kinds_used else [])
     extra = (["", "Faces were detected, aligned and grouped by identity with dlib's models (`faces` stage); their "
               "terms, from dlib-models:", "", _table(["model", "license"], FACE_MODEL_LICENSES)] if faces else [])
-    return ["## Licenses", "",
+    return ["## Licenses", "", head, "",
             "Every sample's `json` has its image's `license` and `source_url` (FFHQ records one per image: "
             "keep the attribution). Images without one carry their source's terms (CelebA-HQ / CelebAMask-HQ: "
             "non-commercial research only). Masks, sketches, captions and latents derive from the image and "
             "follow its terms.", "",
-            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in _ranked(lic)]), *extra]
+            _table(["license", "samples"], [[k, f"{v:,}"] for k, v in _ranked(lic)]), *ffhq, *extra]
+
+
+def _personal(counts: Counts, kinds: dict[str, str], faces: bool) -> list[str]:
+    """What a face dataset must say about the people in it: consent per source, removal, caption bias."""
+    rows = [[name, f"{n:,}", *CONSENT.get(kinds.get(name, "folder"), OWN_SOURCE)]
+            for name, n in _ranked(counts.sources)]
+    used = set(kinds.values())
+    parts = ["## Personal and biometric data", "",
+             "Every sample is a photo of a face, of a real person unless a source is synthetic. Face images "
+             "are personal data, and biometric data where they are processed to identify someone (a special "
+             "category under the EU GDPR, Art. 9; laws such as Illinois' BIPA regulate face geometry). "
+             "facecurate stores no names or identities, but a key comes from the source's file name (rename "
+             "files that name a person before a run), and `json.source_url` can lead to the original photo "
+             "and its author.", "",
+             _table(["source", "samples", "images", "consent and terms"], rows)]
+    if faces:
+        parts += ["", "The `faces` stage computed a face descriptor per face (dlib) to group faces by identity, "
+                  "for near-duplicates and the split; descriptors and identity groups stay in the run folder "
+                  "and are not in the shards."]
+    parts += ["", "**Removal.** Anyone shown in an image, or its author, can ask for its removal: open a "
+              "discussion on this dataset's Hub page (or write to its owner) with the sample's `json.key`, its "
+              "`__key__` or the image. The publisher drops the image from the sources, runs the pipeline and "
+              "`facecurate publish` again and uploads the result, which removes the sample from every shard, "
+              "`index.json` and this card; the Hub keeps earlier revisions until the repository's history is "
+              "squashed (`HfApi().super_squash_history`)."]
+    if "ffhq" in used:
+        parts += ["", "For FFHQ images, NVIDIA's own process applies as well: tag the Flickr photo `no_cv`, "
+                  "change its license to None (all rights reserved) or a NoDerivs license, make it private or "
+                  "delete it, and write to researchinquiries@nvidia.com with the Flickr user name "
+                  "(https://nvlabs.github.io/ffhq-dataset/search/ finds a user's photos). A removal from FFHQ "
+                  "reaches this dataset when it is built again from the updated FFHQ."]
+    if counts.fields.get("captions.json"):
+        parts += ["", "**Captions are machine-generated** (the caption and refine models in the table above). "
+                  "They can be wrong, and what they say of age, gender, ethnicity, expression or appearance is "
+                  "the models' perception, with the models' biases, not how the people shown describe "
+                  "themselves."]
+    bias = [b for k, b in (("ffhq", "FFHQ inherits the biases of Flickr"),
+                           ("celebamask-hq", "CelebA-HQ shows mostly celebrities")) if k in used]
+    if bias:
+        parts += ["", "; ".join(bias) + ": neither is a representative sample of people."]
+    parts += ["", "Not for identifying, recognising or tracking people, or for inferring sensitive attributes "
+              "of the people shown."]
+    return parts
 
 
 def _statistics(out: Path, counts: Counts) -> list[str]:
@@ -336,7 +423,9 @@ def render(out: Path, index: dict, rows: pa.Table | list[dict[str, Any]]) -> tup
         present[f.split(".")[0]] += n
     have = [w for w, f in (("19-class masks", "mask"), ("sketches", "sketch"), ("captions", "captions"))
             if present[f]] + ([f"{', '.join(index['vaes'])} VAE latents"] if index["vaes"] else [])
-    parts = [_header(name, index, features), "", f"# {md(name)}", "",
+    kinds = source_kinds(resolved, counts.sources)
+    faces = (out / "faces" / "report.json").exists()
+    parts = [_header(name, index, counts, kinds, features), "", f"# {md(pretty_name(name))}", "",
              f"{counts.n:,} face images at {res}x{res}" + (f" with {', '.join(have)}" if have else "") +
              f", as WebDataset shards. Made by facecurate {__version__}; the run folder's "
              "`manifest.resolved.yaml` records every setting.", "", "## Splits", "",
@@ -345,7 +434,8 @@ def render(out: Path, index: dict, rows: pa.Table | list[dict[str, Any]]) -> tup
                      for sp, d in index["splits"].items()]),
              "", f"Left out, by reason (see the shard ledger): {_counts(index['left_out'])}.", "",
              *_schema(index, counts), "", *_models(resolved, index), "",
-             *_licenses(counts, (out / "faces" / "report.json").exists()), "", *_statistics(out, counts), "", *_how_to_load(index), ""]
+             *_licenses(counts, kinds, faces), "", *_personal(counts, kinds, faces), "",
+             *_statistics(out, counts), "", *_how_to_load(index), ""]
     return "\n".join(parts), features
 
 

@@ -9,7 +9,9 @@ Two phases, so that a run killed at any moment resumes without a duplicate or a 
    It writes the sample's tar members as one fragment file, `shards/.samples/<key>.<fp>.tar`,
    atomically, and returns a ledger row (size, sha256, fields, flags). A sample whose mask, sketch,
    captions or latents are missing is written without that field and flagged `no_<field>`, or left
-   out with status `missing_<field>` when the field is in `require`.
+   out with status `missing_<field>` when the field is in `require`. No absolute path enters a sample
+   (the shards are published as they are): a local VAE is named by its folder (`public_id`), a crop by
+   its run-relative path or its file name.
 2. `finalize` (driver) plans the shards deterministically from the ledger alone (per split, samples in
    a seeded hash order, rolled by `max_samples` and `max_bytes`), then writes each shard as its
    fragments back to back under a temporary name, fsyncs and renames it. A shard whose plan digest
@@ -30,6 +32,7 @@ import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -55,6 +58,7 @@ from pipeline.data.views import (
     view_columns,
 )
 from pipeline.data.wds import sample_fragment
+from pipeline.reports.card_meta import is_local, public_id
 
 UPSTREAM = ("refine", "parse", "sketch", "latents")
 LATENT_FIELD = {"image": "latent", "mask": "mask_latent", "sketch": "sketch_latent"}
@@ -107,6 +111,20 @@ def _text(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _crop(path: Any) -> str:
+    """The aligned crop as the sample records it: run-relative (`aligned/<key>.png`) as the faces stage
+    writes it, or the file name of an already aligned source image (never a path of this machine)."""
+    text = _text(path)
+    absolute = text.startswith("~") or PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute()
+    return text.replace("\\", "/").rsplit("/", 1)[-1] if absolute else text
+
+
+def public_vae(info: dict[str, Any]) -> dict[str, Any]:
+    """A VAE's record for `index.json`: a local folder as its name, with `local` saying so."""
+    return {"id": public_id(info.get("id")), "local": is_local(info.get("id")),
+            **{k: v for k, v in info.items() if k != "id"}}
+
+
 def sample_json(r: dict[str, Any], vae_meta: dict[str, Any], pixels: np.ndarray, flags: list[str],
                 mask_source: str | None) -> dict[str, Any]:
     """The sample's `json`: the same keys with the same types in every sample, "" for a string nobody
@@ -118,7 +136,7 @@ def sample_json(r: dict[str, Any], vae_meta: dict[str, Any], pixels: np.ndarray,
             "source_url": _text(r.get("source_url")), "split": _text(r["split"]),
             "source": _text(r["source"]), "mask_source": _text(mask_source),
             "aligned": {"photo_key": _text(r.get("photo_key")), "procedure": "ffhq" if aligned else "",
-                        "crop": _text(r.get("path")) if aligned else ""}}
+                        "crop": _crop(r.get("path")) if aligned else ""}}
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -130,7 +148,7 @@ def _png(a: np.ndarray) -> bytes:
 class ShardStage(Stage):
     """Prepares one staged fragment per sample; `finalize` assembles the shards (module docstring)."""
 
-    version: ClassVar[str] = "2"  # 2: the sample json has no nulls and always `aligned`
+    version: ClassVar[str] = "3"  # 2: the sample json has no nulls and always `aligned`; 3: no absolute paths
     schema: ClassVar[pa.Schema] = pa.schema([
         ("split", pa.string()), ("source", pa.string()), ("license", pa.string()), ("staged", pa.string()),
         ("bytes", pa.int64()), ("sha256", pa.string()), ("fields", pa.list_(pa.string())),
@@ -214,7 +232,7 @@ class ShardStage(Stage):
                 flags.append(f"latents_unreadable:{vae}:{type(e).__name__}"[:80])
                 continue
             fields += [(f"{vae}.{LATENT_FIELD[k]}.npy", members[k]) for k in LATENT_FIELD if k in members]
-            meta[vae] = {"id": lr["model"], "subfolder": lr["subfolder"], "revision": lr["revision"],
+            meta[vae] = {"id": public_id(lr["model"]), "subfolder": lr["subfolder"], "revision": lr["revision"],
                          "scaling_factor": lr["scaling_factor"],
                          "shift_factor": lr["shift_factor"], "channels": lr["channels"]}
         return meta, fields
@@ -254,6 +272,7 @@ class ShardStage(Stage):
     def finalize(cls, cfg: ShardConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:
         """Assemble the shards from the current ok rows, then index.json (last: the completion marker)."""
         from pipeline.reports.card import write_card
+        from pipeline.reports.index_page import write_index
 
         assert inputs is not None, "the runner always passes the inputs"
         # the rows of the current inputs (key and fingerprint), as Arrow columns: no dict per sample
@@ -262,11 +281,13 @@ class ShardStage(Stage):
         ok = rows.filter(pc.equal(rows["status"], OK))
         written = assemble(ctx.out, plan_shards(ok, cfg), lambda lost: _restage(cls(cfg, ctx), inputs, lost))
         resolution = int(inputs["_resolution"][0].as_py()) if inputs.num_rows else cfg.resolution
-        index = build_index(written, rows, resolution, vae_info(ctx.out))
+        vaes = {v: public_vae(m) for v, m in vae_info(ctx.out).items()}  # no local path in index.json
+        index = build_index(written, rows, resolution, vaes)
         write_card(ctx.out, index, rows)
         # the card and the features are checked like the shards (verify re-hashes them)
         index["files"] = {n: sha256_file(ctx.out / "shards" / n) for n in ("README.md", "features.json")}
         atomic_write_bytes(ctx.out / "shards" / "index.json", (json.dumps(index, indent=1) + "\n").encode())
+        write_index(ctx.out)  # the run's front page, with the shards' line from index.json
         if not cfg.keep_staged:
             for lo in range(0, ok.num_rows, 1 << 16):
                 for rel in ok["staged"].slice(lo, 1 << 16).to_pylist():

@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.data.shard_assembly import build_index
 from pipeline.reports.card import write_card
+from pipeline.reports.card_meta import pretty_name
 
 NAME = "evil <script>alert(1)</script> | name\n---\nlicense: mit\n```"
 SOURCES = ["photos | extra column", "two\nlines\n---", "<img src=x onerror=alert(1)>"]
@@ -44,9 +45,13 @@ def test_the_front_matter_loads_back_the_exact_strings(tmp_path):
     match = REGEX_YAML_BLOCK.search(text)  # how the Hub and `datasets` find the header
     assert match is not None
     head = yaml.safe_load(match.group(2))
-    assert head["pretty_name"] == NAME and head["license"] == "other"
+    pretty = pretty_name(NAME)  # one line, words capitalised, `<script>`, `|`, `: ` and backticks kept as text
+    assert pretty == "Evil <script>alert(1)</script> | Name License: Mit ```"
+    assert head["pretty_name"] == pretty and head["license"] == "other"
+    assert (head["license_name"], head["license_link"]) == ("per-sample", "README.md#licenses")
     assert head["configs"][0]["data_files"] == [{"split": "train", "path": "train-*.tar"}]
-    assert DatasetCard(text).data.to_dict()["pretty_name"] == NAME
+    assert head["dataset_info"]["splits"] == [{"name": "train", "num_examples": 10}]
+    assert DatasetCard(text).data.to_dict()["pretty_name"] == pretty
     assert text[match.end():].lstrip().startswith("# ")  # the header ended where we ended it
 
 
@@ -88,7 +93,7 @@ def test_hostile_strings_stay_text_and_tables_keep_their_columns(tmp_path):
     assert {r[0] for r in by_head[("source", "samples")]} == {flat(x) for x in SOURCES}
     assert [r[1] for r in by_head[("setting", "model")]] == [json.dumps(MODEL)]
     h1 = next(i for i, t in enumerate(tokens) if t.type == "heading_open" and t.tag == "h1")
-    assert shown(h1 + 1) == flat(NAME)
+    assert shown(h1 + 1) == pretty_name(NAME)
     paragraphs = [shown(i) for i, t in enumerate(tokens) if t.type == "inline"]
     assert "Left out, by reason (see the shard ledger): missing_<b>|sketch 1." in paragraphs
     flags = next(p for p in paragraphs if p.startswith("Flags: "))
