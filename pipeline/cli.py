@@ -1,4 +1,9 @@
-"""The `facecurate` command line (typer + rich)."""
+"""The `facecurate` command line (typer + rich).
+
+Every error is handled in one place, `run_cli`: wrong input (a ConfigError, a path the user gave that does
+not exist, a model that does not load, a usage error, for the trainer's commands too) is one line with exit
+code 2; a run that cannot finish (StageFailed, a full disk) one line with exit code 1; a bug its traceback.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,22 @@ facecurate status demo_out
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder of the run (created if missing).")]
 RunnerOpt = Annotated[str | None, typer.Option("--runner", help="local (default) or ray.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a manifest value: KEY=VALUE (dotted key, YAML value). Repeatable.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+
+        typer.echo(f"facecurate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print facecurate's version and exit.")] = False,
+) -> None:
+    pass
 
 
 def _print_results(results: list, title: str, seconds: float) -> None:
@@ -292,7 +313,44 @@ def inspect(
         for k in keys:
             show_key(out.resolve(), k, out_console)
     else:
+        if status_filter:
+            check_status(out.resolve(), status_filter)
         show_overview(out.resolve(), out_console, limit, status_filter)
+
+
+# The statuses an index row can have (ingest's reasons); stage ledgers add their own (`facecurate status`).
+INDEX_STATUSES = ("ok", "decode_error", "truncated", "empty_file", "unsupported_format", "too_small",
+                  "decompression_bomb", "duplicate", "unreadable")
+
+
+def check_status(out: Path, status: str) -> None:
+    """`inspect --status` lists index rows: an unknown status is a typo (did-you-mean, exit 2); a status
+    only some stage's rows have gets a line saying where they are instead of a bare empty table."""
+    import difflib
+
+    import pyarrow.parquet as pq
+
+    from pipeline.core.registry import REGISTRY
+    from pipeline.core.stage import INDEX, StageContext
+
+    if not (out / INDEX).exists():
+        return  # show_overview says what is missing
+    in_index = set(pq.read_table(out / INDEX, columns=["status"])["status"].to_pylist())
+    if status in in_index or status in INDEX_STATUSES:
+        return
+    ctx = StageContext(out, on_corrupt="skip", read_only=True)
+    in_stages = {name: n for name in REGISTRY if name != "ingest" and (n := ctx.ledger(name).counts().get(status))}
+    if in_stages:
+        where = ", ".join(f"{name} has {n:,} such row(s)" for name, n in in_stages.items())
+        console.print(f"[yellow]![/yellow] no index row has status {status}; {where} (see `facecurate status {out}`, "
+                      f"and `facecurate inspect {out} KEY` for one key)", highlight=False, soft_wrap=True)
+        return
+    seen = sorted(in_index | {s for name in REGISTRY if name != "ingest" for s in ctx.ledger(name).counts()})
+    choices = list(dict.fromkeys([*seen, *INDEX_STATUSES]))
+    hint = difflib.get_close_matches(status, choices, n=1)
+    raise ConfigError(f"--status: {status!r} is not a status{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                      f"{out} has {', '.join(seen) or 'none'}; an index row can also be "
+                      f"{', '.join(s for s in INDEX_STATUSES if s not in seen)}")
 
 
 @app.command("stages")
@@ -329,27 +387,116 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def main() -> None:
-    """Console entry point: one-line errors for bad input, exit code 2."""
+# Exit codes: 0 done (failed rows are data: see `status`), 1 the run could not finish (a stage failed for
+# one reason for every key, its workers died, the disk is full, `verify` found problems), 2 the input is
+# wrong (a command-line option, a manifest value, a path, a model of the wrong kind). A bug keeps its
+# traceback (exit 1).
+PATH_ERRORS: dict[type[OSError], tuple[str, str]] = {
+    FileNotFoundError: ("does not exist", "check the path"),
+    IsADirectoryError: ("is a folder where a file is expected", "give the file inside it"),
+    NotADirectoryError: ("is not a folder", "give a folder"),
+    PermissionError: ("cannot be accessed (permission denied)", "fix its permissions or choose another path"),
+}
+
+
+def _value_options(args: list[str]) -> set[str]:
+    """The options of the command in `args` that take a value (`--mask`, not `--save-all`)."""
+    group = typer.main.get_command(app)
+    cmd = getattr(group, "commands", {}).get(next((a for a in args if not a.startswith("-")), ""))
+    return {o for p in (cmd or group).params if p.param_type_name == "option" and not getattr(p, "is_flag", False)
+            for o in (*p.opts, *p.secondary_opts)}
+
+
+def path_error(e: OSError, args: list[str]) -> str | None:
+    """One line for a missing or unreadable path the user typed (or a message our code raised for one);
+    None for any other path, which points at a bug."""
+    kind = next((k for k in PATH_ERRORS if isinstance(e, k)), None)
+    if kind is None:
+        return None
+    if e.filename is None:  # raised by our code with a message written for the user
+        return str(e) or None
+    what, fix = PATH_ERRORS[kind]
+    target = Path(os.fsdecode(e.filename)).expanduser().resolve()
+    for i, arg in enumerate(args):
+        option, _, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        try:
+            given = Path(value).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):  # a caption, not a path
+            continue
+        if target == given or (kind is PermissionError and given in target.parents):
+            option = option or (args[i - 1] if i and args[i - 1] in _value_options(args) else "")
+            why = e.strerror or type(e).__name__
+            return f"{option + ' ' if option else ''}{os.fsdecode(e.filename)} {what} ({why}); {fix}"
+    return None
+
+
+def explain(e: BaseException, args: list[str]) -> tuple[str, int] | None:
+    """(one line, exit code) for an error that is the input's or the machine's; None for a bug."""
+    train_config = sys.modules.get("train.config")
+    if isinstance(e, (ConfigError, *((train_config.ConfigError,) if train_config else ()))):
+        return str(e), 2
+    if isinstance(e, StageFailed):
+        return str(e), 1
+    if isinstance(e, OSError):
+        from pipeline.core.files import DiskFull, is_disk_full
+
+        if is_disk_full(e):
+            return str(e if isinstance(e, DiskFull) else DiskFull(Path(e.filename or "."), e)), 1
+        line = path_error(e, args)
+        return (line, 2) if line else None
+    return None
+
+
+def usage_line(e: BaseException) -> str:
+    """click's usage error as one line, like every other error (no boxed panel, train and sample too)."""
+    if isinstance(e, typer.BadParameter) and e.param is None and e.param_hint is None:
+        return e.message  # a ConfigError the trainer's commands re-raise as a usage error
+    ctx = getattr(e, "ctx", None)
+    message = e.format_message().rstrip(".")
+    return f"{message}{'' if message.endswith('?') else ';'} see `{ctx.command_path} -h`" if ctx else message
+
+
+def _error(line: str) -> None:
+    from rich.text import Text
+
+    console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: `run_cli` on the command line, its result as the exit code (0, 1 or 2, see above)."""
+    sys.exit(run_cli(sys.argv[1:] if argv is None else list(argv)))
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the command line on `args`; returns the exit code (every error handled here, in one place)."""
+    try:  # typer 0.26 and later carry their own copy of click
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
     # Our own progress bars and summaries speak for each stage; library download/loading bars are noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app()
-    except ConfigError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except StageFailed as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except OSError as e:
-        from pipeline.core.files import DiskFull, is_disk_full
-
-        if not is_disk_full(e):
+        code = typer.main.get_command(app).main(args=args, prog_name="facecurate", standalone_mode=False)
+    except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help was shown
+            return e.exit_code
+        _error(usage_line(e))
+        return e.exit_code
+    except click.ClickException as e:
+        _error(e.format_message())
+        return e.exit_code
+    except typer.Abort:
+        console.print("aborted")
+        return 1
+    except KeyboardInterrupt:  # outside a command (inside one, click makes it exit code 130)
+        code = 130
+    except Exception as e:  # noqa: BLE001 - explained or re-raised with its traceback
+        known = explain(e, args)
+        if known is None:
             raise
-        if not isinstance(e, DiskFull):
-            e = DiskFull(Path(e.filename or "."), e)
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
+        _error(known[0])
+        return known[1]
+    if code == 130:
         console.print("[yellow]interrupted[/yellow]: finished parts are kept; run the same command again to resume")
-        sys.exit(130)
+    return code if isinstance(code, int) else 0

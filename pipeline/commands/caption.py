@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (transformers engine).")] = "auto",
         runner: Annotated[str | None, typer.Option("--runner", help="local (default) or ray.")] = None,
         overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Any other caption setting: KEY=VALUE (e.g. temperature=0.7, engine_batch=32, num_gpus=1).")] = None,
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Caption again the images whose rows failed.")] = False,
     ) -> None:
         """Caption every ok image of OUT with each prompt of a prompt set (ten by default).
 
@@ -124,16 +125,21 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(INSTALL_HINT)
         before = _snapshot(out.resolve()) if out.is_dir() else set()
         t0 = time.monotonic()
-        result = run_stage_command(out, "caption", settings, runner, console)
+        result = run_stage_command(out, "caption", settings, runner, console, retry_failed=retry_failed)
         seconds = time.monotonic() - t0
         print_summary([result], f"caption -> {out}", out_console, console)
         table, generated, tokens = prompt_table(out.resolve(), before)
         out_console.print(table)
+        failed = sum(result.failed.values())
         if generated:
             console.print(f"[dim]{generated:,} caption(s) generated ({tokens:,} tokens) for {result.pending:,} "
                           f"image(s) in {seconds:.1f} s; the rest came from the cache.[/dim]")
-        else:
+        elif not failed:
             console.print("[dim]nothing generated: every caption was already in the cache.[/dim]")
+        else:  # failed rows are never answered from the cache: they count as done until retried
+            console.print(f"[dim]nothing generated{'; the ok captions came from the cache' if result.ok else ''}; "
+                          f"{failed:,} row(s) failed ({', '.join(result.failed)}): `facecurate inspect {out} KEY` "
+                          "says why, `--retry-failed` tries them again.[/dim]", highlight=False, soft_wrap=True)
 
     @app.command("prompts")
     def show_prompts(

@@ -5,18 +5,23 @@
 choices. Relative paths resolve against a base folder (the manifest's), so a run does not depend on the
 shell's working directory. `StageConfig` holds the fields every stage shares, `RunnerConfig` where stages
 run; `fingerprint` hashes the fields that decide a stage's output. A run's manifest (which stages, with
-which settings) is built on top of this in `pipeline.core.manifest`.
+which settings) is built on top of this in `pipeline.core.manifest`. `loading_model` makes a model that
+does not load (a wrong folder, another kind of model) a ConfigError naming its setting too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import hashlib
 import json
 import os
+import pickle
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -252,3 +257,37 @@ def from_dict(cls: type, data: Any, where: str = "", base: Path | None = None) -
 
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
+
+
+# What loading a model the user named raises when it is the wrong file or folder: missing weights (OSError),
+# a config of another architecture or label set (ValueError, KeyError), weights of another shape or a file
+# that is no checkpoint at all (RuntimeError, pickle's UnpicklingError); and whatever the loading libraries
+# raise of their own (huggingface_hub's config validation errors, safetensors' header errors).
+MODEL_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError,
+                                                      pickle.UnpicklingError)
+MODEL_LIBRARIES = ("huggingface_hub", "transformers", "safetensors", "safetensors_rust", "diffusers")
+
+
+def _model_load_error(e: BaseException) -> bool:
+    if isinstance(e, ConfigError) or "out of memory" in str(e).lower() or getattr(e, "errno", None) == errno.ENOSPC:
+        return False  # already one line; or not the setting's fault (the runner and the CLI say those)
+    return isinstance(e, MODEL_LOAD_ERRORS) or type(e).__module__.split(".")[0] in MODEL_LIBRARIES
+
+
+@contextmanager
+def loading_model(setting: str, model: Any, fix: str = "") -> Iterator[None]:
+    """Turn a model that does not load into one line naming its setting:
+    `SETTING: cannot load MODEL (Type: first line); FIX`.
+
+    A ConfigError (already one line) passes through; so do out-of-memory and a full disk, which are not
+    the setting's fault (the runner and the CLI have their own lines for those).
+    """
+    try:
+        yield
+    except Exception as e:
+        if not _model_load_error(e):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        fix = fix or "check the path or hub id, and that it names this kind of model"
+        raise ConfigError(f"{setting}: cannot load {str(model)!r} ({why}); {fix}") from e

@@ -223,11 +223,12 @@ def load_resolved(out: Path) -> Manifest | None:
 
 
 def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: str | None = None,
-                      console: Console | None = None) -> StageResult:
+                      console: Console | None = None, retry_failed: bool = False) -> StageResult:
     """Run one stage on an existing output folder (`facecurate caption OUT ...` and the like).
 
     The stage's settings are validated like a manifest section and merged into the run's recorded
     manifest, so `status` and a later `run` know about it. Required upstream stages must be done.
+    `retry_failed` re-processes this stage's failed keys this time (it is not recorded).
     """
     from pipeline.core.config import RunnerConfig
     from pipeline.core.manifest import build_manifest
@@ -253,7 +254,9 @@ def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: s
         write_resolved(manifest, out)
         if runner_cfg.kind == "ray":
             check_shared_storage(out, [manifest.stages[stage]], runner_cfg)
-        return run_stage(stage, manifest.stages[stage], StageContext(out), manifest.runner or RunnerConfig(), console)
+        if retry_failed:
+            runner_cfg = dataclasses.replace(runner_cfg, retry_failed=True)
+        return run_stage(stage, manifest.stages[stage], StageContext(out), runner_cfg, console)
 
 
 def previous_settings(out: Path, stage: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 One runner owns scheduling; stages know nothing of it. Both paths share the same pieces:
 `pending_inputs` decides what is left (fingerprints, see ledger.py), `call_isolated` calls the stage
 and turns any exception into rows (a failing sample never fails its batch: the batch is bisected until
-the failing rows are alone), and `PartWriter` flushes complete parts by row count or time. The Ray
+the failing rows are alone), `FailureStreak` stops a stage whose keys all fail for one reason that is the
+stage's (a wrong model) without recording them, and `PartWriter` flushes complete parts by row count or time. The Ray
 path only changes where `call_isolated` runs (an actor pool via `map_batches`); the driver still
 writes every part, so the ledger has one writer.
 """
@@ -35,7 +36,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from pipeline.core.config import RunnerConfig
+from pipeline.core.config import ConfigError, RunnerConfig
 from pipeline.core.crashes import WORKER_DIED, WORKER_DIED_WHY, InFlight, StageFailed, find_cause
 from pipeline.core.files import atomic_write_bytes, is_disk_full, recording
 from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger
@@ -212,6 +213,68 @@ def _count_failed(table: pa.Table) -> tuple[int, int]:
     return len(set(keys)), len(bad)
 
 
+class FailureStreak:
+    """Holds back batches in which every key failed with one and the same reason that is the stage's,
+    not the key's: `stage_error` (the stage raised), or a status the stage class names in
+    `stage_wide_failures` (caption: `engine_error`, `out_of_memory`). A wrong model, a broken engine or a
+    bug fails every key alike; recording those rows would make a rerun skip every key as done.
+
+    Once `limit` keys in a row (a batch, at most the keys pending, at least 2) failed alike, `add` raises
+    StageFailed with the reason and what to do (the class's `stage_wide_fix`); the held rows are never
+    written, so the next run tries those keys again. A streak that ends (an ok row, another reason, the
+    end of a run that wrote other rows) is written as it is: per-key failures stay recorded as before.
+    """
+
+    def __init__(self, name: str, cls: type[Stage], pending_keys: int, batch_size: int):
+        self.name = name
+        self.statuses = {"stage_error", *getattr(cls, "stage_wide_failures", ())}
+        self.fix = getattr(cls, "stage_wide_fix", "") or f"fix the cause (stages.{name}'s settings, its model, " \
+                                                         "the machine) and run again"
+        self.limit = max(2, min(batch_size, pending_keys))
+        self.held: list[pa.Table] = []
+        self.keys = 0
+        self.reason: tuple[str, str] | None = None
+        self.released = False  # some rows of this run were written
+
+    def _reason(self, table: pa.Table) -> tuple[tuple[str, str] | None, int]:
+        """(the one stage-wide (status, error) of a table without ok rows, or None; keys that have it)."""
+        statuses, errors = table["status"].to_pylist(), table["error"].to_pylist()
+        if OK in statuses:
+            return None, 0
+        found = {(s, e or "") for s, e in zip(statuses, errors, strict=True) if s in self.statuses}
+        if len(found) != 1:
+            return None, 0
+        keys = {k for k, s in zip(table["key"].to_pylist(), statuses, strict=True) if s in self.statuses}
+        return found.pop(), len(keys)
+
+    def add(self, table: pa.Table) -> list[pa.Table]:
+        """The tables to write now (none while a streak is held); raises StageFailed at `limit` keys."""
+        reason, keys = self._reason(table)
+        if reason is not None and reason == (self.reason or reason):
+            self.held.append(table)
+            self.reason, self.keys = reason, self.keys + keys
+            if self.keys >= self.limit:
+                raise self.failed()
+            return []
+        out, self.held, self.keys, self.reason = self.held, [], 0, None
+        if reason is not None:  # another stage-wide reason: a new streak starts here
+            return out + self.add(table)
+        self.released = True
+        return [*out, table]
+
+    def finish(self) -> list[pa.Table]:
+        """At the end of the stage: the held rows, unless nothing else ran (every key failed alike)."""
+        if self.held and not self.released and self.keys >= 2:
+            raise self.failed()
+        out, self.held = self.held, []
+        return out
+
+    def failed(self) -> StageFailed:
+        status, error = self.reason or ("", "")
+        return StageFailed(f"{self.name}: {self.keys:,} keys in a row failed the same way ({status}: {error}); "
+                           f"none of them was recorded, so the next run tries them again: {self.fix}")
+
+
 def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
               console: Console | None = None) -> StageResult:
     """Run one stage over its pending keys and finalize it; returns counts for the summary."""
@@ -228,23 +291,33 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
         writer = PartWriter(ledger, runner.flush_rows, runner.flush_seconds)
         schema = full_schema(cls)
         log = _LogLines(console, name, pending.num_rows)
+        streak = FailureStreak(name, cls, len(set(pending["key"].to_pylist())), cfg.batch_size)
         with _progress(console) as progress:
             task = progress.add_task(name, total=pending.num_rows, failed=0)
             outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner, ledger.dir) if runner.kind == "ray"
                        else _execute_local(cls, cfg, ctx, pending, schema, ledger.dir))
-            for table in outputs:
-                node = None
-                if NODE in table.column_names:
-                    node = table[NODE][0].as_py() if table.num_rows else "?"
-                    table = table.drop_columns([NODE])
-                writer.add(table)
-                n, bad = _count_failed(table)
-                if node is not None:
-                    got = result.per_node.setdefault(node, [0, 0])
-                    got[0], got[1] = got[0] + n, got[1] + bad
-                result.new_failures += bad
-                progress.update(task, advance=n, failed=result.new_failures)
-                log.advance(n, result.new_failures)
+            try:
+                for table in outputs:
+                    node = None
+                    if NODE in table.column_names:
+                        node = table[NODE][0].as_py() if table.num_rows else "?"
+                        table = table.drop_columns([NODE])
+                    for done in streak.add(table):
+                        writer.add(done)
+                    n, bad = _count_failed(table)
+                    if node is not None:
+                        got = result.per_node.setdefault(node, [0, 0])
+                        got[0], got[1] = got[0] + n, got[1] + bad
+                    result.new_failures += bad
+                    progress.update(task, advance=n, failed=result.new_failures)
+                    log.advance(n, result.new_failures)
+                for done in streak.finish():
+                    writer.add(done)
+            except StageFailed:
+                outputs.close()
+                writer.flush()  # what finished before is kept; the held rows are not written
+                InFlight(ledger.dir).clear()
+                raise
         writer.flush()
         InFlight(ledger.dir).clear()  # every batch delivered: what markers said is in the ledger now
         ledger.compact()
@@ -369,7 +442,11 @@ class _RayStage:
 
         self.guard, self.schema = InFlight(ledger_dir), schema
         start = self.guard.starting(ray.get_runtime_context().get_actor_id() or str(os.getpid()))
-        self.stage = cls(cfg, ctx)
+        try:
+            self.stage = cls(cfg, ctx)
+        except ConfigError:  # a setting's fault (a wrong model), not a death: the driver prints its line
+            self.guard.started(start)
+            raise
         self.guard.started(start)
         pin_threads(stage_threads(cfg))
 
@@ -429,7 +506,6 @@ def check_shared_storage(out: Any, configs: list[Any], runner: RunnerConfig) -> 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.core.config import ConfigError
     from pipeline.core.files import TMP_DIR, atomic_write_bytes
 
     ray_init(runner)
@@ -500,5 +576,9 @@ def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Tabl
         why = find_cause(e, StageFailed)  # a dead actor carries its creation error only as text
         found = re.findall(r"StageFailed: (.+)", str(why or e))
         if why is None and not found:
-            raise
+            bad = find_cause(e, ConfigError)  # a stage that cannot load its model, in the actor
+            setting = re.findall(r"ConfigError: (.+)", str(bad or e))
+            if bad is None and not setting:
+                raise
+            raise ConfigError(setting[-1] if setting else str(bad)) from None
         raise StageFailed(found[-1] if found else str(why)) from None

@@ -15,6 +15,7 @@ This module imports only torch, so benchmarks can load it on a machine without t
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -189,7 +190,12 @@ def load_u2net(path: str | Path, map_location: str | torch.device = "cpu") -> U2
         if not found:
             raise FileNotFoundError(f"{path} holds no .pth checkpoint (expected u2net_portrait.pth)")
         path = next((p for p in found if p.name == "u2net_portrait.pth"), found[0])
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # torch's own text is a page on weights_only
+        if "out of memory" in str(e).lower():
+            raise
+        raise ValueError(f"{path} is not a PyTorch checkpoint that holds only tensors ({type(e).__name__})") from e
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

@@ -33,10 +33,13 @@ class SegformerParser(Parser):
     def __init__(self, model: str, device: str, dtype: str = "float32", revision: str | None = None):
         super().__init__(device)
         import torch
-        from transformers import AutoImageProcessor, SegformerForSemanticSegmentation
+        from transformers import AutoConfig, AutoImageProcessor, SegformerForSemanticSegmentation
 
         kw = {"revision": revision} if revision else {}
-        net = SegformerForSemanticSegmentation.from_pretrained(model, **kw)
+        config = AutoConfig.from_pretrained(model, **kw)
+        if config.model_type != "segformer":  # said before loading its weights (and transformers' warnings)
+            raise ValueError(f"{model} holds a {config.model_type!r} model, not a Segformer")
+        net = SegformerForSemanticSegmentation.from_pretrained(model, config=config, **kw)
         self.warning = check_label_space(net.config.id2label, model)
         if self.warning:
             log.warning(self.warning)

@@ -11,7 +11,9 @@ miss the cache; a re-ingested copy of an image (same sha256, new key) costs noth
 device or dtype does not invalidate captions (same model, same prompt, same decoding).
 
 Failures are rows: an image that does not decode gives `decode_error` rows for its prompts; an engine
-failure gives `engine_error` (or `out_of_memory` once the engine has halved its batch down to one).
+failure gives `engine_error` (or `out_of_memory` once the engine has halved its batch down to one). An
+engine failure that hits every key of a batch alike (a text-only model, a broken engine) is the stage's,
+not the images': the run stops with that one reason and records none of them, so the next run retries them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, must_exist, volatile
+from pipeline.core.config import StageConfig, fingerprint, loading_model, model_ref, must_exist, volatile
 from pipeline.core.identity import digest, model_revision
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext
@@ -35,6 +37,7 @@ from pipeline.engines import stats as engine_stats
 from pipeline.text.prompts import Prompt, load_prompt_set, prompt_set_json
 
 PROMPT_SET_FILE = "captions/prompt_set.json"
+MODEL_HINT = "e.g. OpenGVLab/InternVL3-1B-hf, or .cache/tiny-models/internvl3 offline"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ class CaptionStage(Stage):
     ])
     version: ClassVar[str] = "1"
     CACHED = ("text", "prompt_tokens", "output_tokens", "finish_reason")
+    # Failures that say nothing about the image: when every key of a batch gets the same one, the model or
+    # the engine is wrong for the whole stage, and the runner stops instead of recording them (runner.py).
+    stage_wide_failures: ClassVar[tuple[str, ...]] = ("engine_error", "out_of_memory")
+    stage_wide_fix: ClassVar[str] = (f"check stages.caption.model (an image+text model: {MODEL_HINT}), engine "
+                                     "and device, then run again")
 
     def __init__(self, cfg: CaptionConfig, ctx: StageContext):
         super().__init__(cfg, ctx)
@@ -109,13 +117,9 @@ class CaptionStage(Stage):
         options = dict(revision=cfg.revision, max_tiles=cfg.max_tiles, dtype=cfg.dtype, **cfg.engine_options)
         if cfg.engine == "transformers":
             options.update(device=cfg.device, batch_size=cfg.engine_batch)
-        try:
+        # offline and not cached, a typo in the id, a broken folder, a folder of another kind of model
+        with loading_model("stages.caption.model", cfg.model, f"it must be an image+text model ({MODEL_HINT})"):
             self.engine = make_engine(cfg.engine, cfg.model, **options)
-        except (OSError, ValueError) as e:  # offline and not cached, a typo in the id, a broken folder
-            if isinstance(e, ConfigError):
-                raise
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise ConfigError(f"stages.caption.model: cannot load {cfg.model!r} ({type(e).__name__}: {first})") from e
         # A local folder is identified by its content hash, not where it sits: moving it keeps the cache.
         local = Path(self.engine.model_id).is_dir()
         self.model_key = Path(self.engine.model_id).name if local else self.engine.model_id

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.core.config import StageConfig, model_ref, must_exist, volatile
+from pipeline.core.config import StageConfig, loading_model, model_ref, must_exist, volatile
 from pipeline.core.devices import resolve_device
 from pipeline.core.files import is_disk_full
 from pipeline.core.identity import file_identity
@@ -111,6 +111,16 @@ class ParseConfig(StageConfig):
             raise ValueError(f"detector_threshold must be in (0, 1), got {self.detector_threshold}")
 
 
+# The setting that names each parser's model, and what it must be (for the one-line load error).
+MODEL_SETTING = {"segformer": "segformer_model", "farl": "farl_model", "smp": "smp_model"}
+MODEL_FIX = {
+    "segformer": "it must be a 19-class face-parsing Segformer (a hub id such as jonathandinu/face-parsing, or a "
+                 "folder with its config.json, weights and preprocessor_config.json)",
+    "farl": "it must be FaRL's celebm TorchScript file (face_parsing.farl.celebm.main_ema_181500_jit.pt)",
+    "smp": "it must be a `facecurate train-parser` output folder (parser.json and model.safetensors)",
+}
+
+
 def encode_png(label: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(label, np.uint8), "L").save(buf, "PNG")
@@ -129,7 +139,12 @@ class ParseStage(Stage):
     def __init__(self, cfg: ParseConfig, ctx: StageContext):
         super().__init__(cfg, ctx)
         device = resolve_device(cfg.device)
-        self.parsers = {name: load_parser(name, cfg, device) for name in cfg.parsers}
+        self.parsers = {}
+        for name in cfg.parsers:
+            setting = MODEL_SETTING[name]
+            with loading_model(f"stages.parse.{setting}", getattr(cfg, setting) or f"facer's default {name} weights",
+                               MODEL_FIX[name]):
+                self.parsers[name] = load_parser(name, cfg, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         cfg = self.cfg

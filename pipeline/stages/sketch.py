@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.core.config import StageConfig, must_exist, volatile
+from pipeline.core.config import StageConfig, loading_model, must_exist, volatile
 from pipeline.core.devices import batch_independent, resolve_device, torch_dtype
 from pipeline.core.identity import file_identity
 from pipeline.core.ledger import OK, atomic_write_bytes
@@ -181,8 +181,12 @@ class SketchStage(Stage):
         self.torch = torch
         self.device = resolve_device(cfg.device)
         self.dtype = torch_dtype(cfg.dtype)
-        self.net = load_u2net(cfg.model).to(self.device, self.dtype)
-        self.cascade = load_cascade(cfg.cascade)
+        with loading_model("stages.sketch.model", cfg.model,
+                           "set it to u2net_portrait.pth (xuebinqin/U-2-Net's portrait weights) or a folder holding it"):
+            self.net = load_u2net(cfg.model).to(self.device, self.dtype)
+        with loading_model("stages.sketch.cascade", cfg.cascade or CASCADE,
+                           "set it to an OpenCV Haar cascade XML, or leave it empty for OpenCV's own"):
+            self.cascade = load_cascade(cfg.cascade)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         cfg = self.cfg
