@@ -174,6 +174,9 @@ def status(out: Annotated[Path, typer.Argument(help="An output folder of a run."
     for r in rows:
         for note in r.get("notes", []):
             console.print(f"[yellow]![/yellow] {r['stage']}: {note}", highlight=False, soft_wrap=True)
+    from pipeline.core.run import next_step
+
+    console.print(f"Next: {next_step(rows, out)}", highlight=False, soft_wrap=True)
 
 
 DepthOpt = Annotated[str, typer.Option("--depth", help="`fast`: structure and checksums; `full`: decode every file.")]

@@ -63,3 +63,40 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_status_says_blocked_with_the_reason_and_the_next_command(tmp_path):
+    from pipeline.core.run import _mark_blocked, next_step, summary_table
+
+    def row(stage, pending, ran=True):
+        return {"stage": stage, "ok": 0, "failed": {}, "pending": pending, "notes": [], "ran": ran}
+
+    rows = [row("ingest", 0), row("caption", 3), row("clean", 0, ran=False), row("refine", 0, ran=False),
+            row("sketch", 0)]
+    _mark_blocked(rows)
+    by = {r["stage"]: r["blocked"] for r in rows}
+    assert by == {"ingest": None, "caption": None, "clean": "caption has 3 pending",
+                  "refine": "clean has not run", "sketch": None}  # parse is not in this run: not waited for
+    assert next_step(rows, tmp_path).endswith(f"facecurate caption {tmp_path} for caption alone")
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(summary_table(rows, "status"))
+    text = console.export_text()
+    assert "0 blocked: caption has 3 pending" in text and "0 blocked: clean has not run" in text
+    done = [row("ingest", 0), row("caption", 0)]
+    _mark_blocked(done)
+    assert "everything in the manifest is done" in next_step(done, tmp_path)
+
+
+def test_a_runs_record_reruns_as_its_manifest(tmp_path):
+    from pipeline.core.manifest import build_manifest, load_manifest
+    from pipeline.core.run import RESOLVED, write_resolved
+
+    (tmp_path / "photos").mkdir()
+    m = build_manifest({"name": "mine", "stages": {"ingest": {"sources": [{"path": str(tmp_path / "photos")}]},
+                                                    "clean": {"budget": 60}}}, None)
+    write_resolved(m, tmp_path)
+    again = load_manifest(tmp_path / RESOLVED)
+    assert again.name == "mine" and again.stages["clean"].budget == 60 and again.out == tmp_path
+    assert again.stages["ingest"].sources[0].path == tmp_path / "photos"

@@ -103,5 +103,7 @@ def load_manifest(path: str | Path, overrides: list[str] | None = None) -> Manif
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if "facecurate" in data and isinstance(data.get("manifest"), dict):
+        data = data["manifest"]  # a run's record (OUT/manifest.resolved.yaml) re-runs as the manifest it holds
     data = apply_overrides(data, overrides or [])
     return build_manifest(data, path.resolve().parent)

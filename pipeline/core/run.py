@@ -186,8 +186,42 @@ def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
                   for p, why in sorted(ledger.corrupt.items())]
         rows.append({"stage": name, "ok": counts.get(OK, 0),
                      "failed": {k: v for k, v in sorted(counts.items()) if k != OK}, "pending": pending,
-                     "notes": notes})
+                     "notes": notes, "ran": bool(ledger.parts()) or (name == "ingest" and (out / "index.parquet").exists())})
+    _mark_blocked(rows)
     return rows
+
+
+def _mark_blocked(rows: list[dict[str, Any]]) -> None:
+    """Set each row's `blocked`: why its pending count is not final yet (an upstream stage it reads has
+    not run, or still has keys to do), else None. A blocked stage with 0 pending is not done."""
+    by_name = {r["stage"]: r for r in rows}
+    for r in rows:
+        spec = REGISTRY[r["stage"]]
+        why = []
+        for up in (*spec.requires, *spec.optional):
+            u = by_name.get(up)
+            if u is None:
+                continue  # not part of this run
+            if not u["ran"]:
+                why.append(f"{up} has not run")
+            elif u["pending"]:
+                why.append(f"{up} has {u['pending']:,} pending")
+            elif u.get("blocked"):
+                why.append(f"{up} is waiting")
+        r["blocked"] = "; ".join(why) or None
+
+
+def next_step(rows: list[dict[str, Any]], out: Path) -> str:
+    """The command to run next: the first stage with work that nothing blocks, or what to do when done."""
+    for r in rows:
+        if (r["pending"] or not r["ran"]) and not r.get("blocked"):
+            return (f"facecurate run {out}/{RESOLVED} (all pending stages, in order), or "
+                    f"facecurate {r['stage']} {out} for {r['stage']} alone")
+    if any(r["pending"] is None for r in rows):
+        return "pending is unknown for a stage (see the notes above); fix that, then facecurate status again"
+    if (out / "shards" / "index.json").exists():
+        return f"everything is done: facecurate verify {out}, then facecurate publish {out} DIR or facecurate train"
+    return f"everything in the manifest is done; open {out}/index.html for the reports"
 
 
 def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -198,7 +232,11 @@ def summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     for r in rows:
         failed = sum(r["failed"].values())
         reasons = ", ".join(f"{k} {v}" for k, v in r["failed"].items()) or "-"
-        pending = "?" if r["pending"] is None else str(r["pending"])
+        pending = "?" if r["pending"] is None else f"{r['pending']:,}"
+        if r.get("blocked"):
+            pending = f"[yellow]{pending} blocked[/]: {r['blocked']}"
+        elif r.get("ran") is False and not r["pending"]:
+            pending = "[yellow]not run[/]"
         table.add_row(r["stage"], f"{r['ok']:,}", f"[red]{failed:,}[/]" if failed else "0", reasons, pending)
     return table
 

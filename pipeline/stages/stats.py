@@ -110,7 +110,8 @@ class StatsStage(Stage):
         """Index rows with an ok parse, joined with the primary parse row and the sketch row (if any)."""
         table = default_inputs(ctx, requires).select(["key", "split", "_src"])
         parse = ctx.ledger("parse").read(["key", "status", "parser", "primary", "agreement", "mask"])
-        parse = parse.filter(pc.and_(pc.equal(parse["status"], OK), pc.equal(parse["primary"], True)))
+        primary = pc.cast(parse["primary"], pa.bool_()) if parse.num_rows else pa.array([], pa.bool_())
+        parse = parse.filter(pc.and_(pc.equal(parse["status"], OK), primary))
         table = _attach(table, parse, {"parser": "parser", "agreement": "agreement", "mask": "mask"})
         table = table.filter(pc.is_valid(table["mask"]))
         sketches = ctx.ledger("sketch")
