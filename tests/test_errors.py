@@ -47,8 +47,11 @@ def shell(*args, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def one_line(err: str) -> str:
+    """The error, one line, after at most the progress lines a run prints without a terminal."""
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    progress = [line for line in lines[:-1] if line.split(":")[0].isidentifier() and " pending; " in line]
+    assert len(lines) == 1 + len(progress) and lines[-1].startswith("error: "), err
+    lines = lines[-1:]
     assert "Traceback" not in err and "╭" not in err, err
     return lines[0]
 

@@ -310,5 +310,9 @@ def print_summary(results: list[StageResult], title: str, out_console: Console, 
     if seconds is None:
         return
     new = sum(r.pending for r in results)
-    console.print(f"[dim]{new:,} item(s) processed in this run, {seconds:.1f} s; the rest was already done.[/dim]"
-                  if new else "[dim]everything was already done.[/dim]")
+    before = sum(max(r.inputs - r.pending, 0) for r in results)
+    if not new:
+        console.print("[dim]everything was already done.[/dim]")
+    else:
+        rest = f"; {before:,} were already done" if before else ""
+        console.print(f"[dim]{new:,} item(s) processed in this run, {seconds:.1f} s{rest}.[/dim]")

@@ -32,7 +32,6 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     TextColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -165,18 +164,42 @@ class PartWriter:
         self.buffer, self.rows, self.last = [], 0, time.monotonic()
 
 
+def _rate(task: Any) -> float | None:
+    """Items per second: rich's recent-window speed, else the average since the first item arrived (rich
+    leaves its speed empty until two updates fall in one 30 s window, which on a slow stage is minutes)."""
+    if task.finished_speed or task.speed:
+        return task.finished_speed or task.speed
+    started = task.fields.get("first_at")
+    if started is None or not task.completed:
+        return None
+    return task.completed / max(time.monotonic() - started, 1e-9)
+
+
 class RateColumn(ProgressColumn):
-    """Items per second."""
+    """Items per second, from the first items on."""
 
     def render(self, task: Any) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = _rate(task)
         return Text(f"{speed:,.1f}/s" if speed else "  -/s", style="cyan")
+
+
+class EtaColumn(ProgressColumn):
+    """Time left at the current rate (`RateColumn`'s), from the first items on."""
+
+    def render(self, task: Any) -> Text:
+        speed = _rate(task)
+        if task.finished:
+            return Text("done", style="green")
+        if not speed or task.total is None:
+            return Text("eta -:--:--", style="cyan")
+        left = int((task.total - task.completed) / speed)
+        return Text(f"eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="cyan")
 
 
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), TextColumn("[red]{task.fields[failed]} failed"),
+        EtaColumn(), TextColumn("[red]{task.fields[failed]} failed"),
         console=console, transient=False, disable=not console.is_terminal,
     )
 
@@ -293,11 +316,17 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
         log = _LogLines(console, name, pending.num_rows)
         streak = FailureStreak(name, cls, len(set(pending["key"].to_pylist())), cfg.batch_size)
         with _progress(console) as progress:
-            task = progress.add_task(name, total=pending.num_rows, failed=0)
+            starting = "starting workers" if runner.kind == "ray" else "loading"
+            task = progress.add_task(f"{name} ({starting})", total=pending.num_rows, failed=0, first_at=None)
+            if not console.is_terminal:
+                console.print(f"{name}: {pending.num_rows:,} pending; {starting} (models load before the first "
+                              "batch)", highlight=False)
             outputs = (_execute_ray(cls, cfg, ctx, pending, schema, runner, ledger.dir) if runner.kind == "ray"
                        else _execute_local(cls, cfg, ctx, pending, schema, ledger.dir))
             try:
                 for table in outputs:
+                    if progress.tasks[0].fields.get("first_at") is None:
+                        progress.update(task, description=name, first_at=time.monotonic())
                     node = None
                     if NODE in table.column_names:
                         node = table[NODE][0].as_py() if table.num_rows else "?"
