@@ -67,7 +67,7 @@ def _latents_table(out: Path) -> Table:
     t = StageContext(out).ledger("latents").read(
         ["vae", "status", "model", "dtype", "shape", "kinds", "scaling_factor", "shift_factor"]).to_pylist()
     table = Table(title="latents by VAE", title_justify="left", header_style="bold")
-    for c in ("vae", "model", "ok", "kinds encoded", "shape", "dtype", "scale", "shift"):
+    for c in ("vae", "model", "ok", "kinds encoded", "shape", "stored", "computed in", "scale", "shift"):
         table.add_column(c)
     for vae in sorted({r["vae"] for r in t if r["vae"]}):
         rows = [r for r in t if r["vae"] == vae and r["status"] == "ok"]
@@ -75,7 +75,8 @@ def _latents_table(out: Path) -> Table:
         last = rows[-1] if rows else {}
         table.add_row(vae, str(last.get("model", "-")), f"{len(rows):,}",
                       ", ".join(f"{k} {kinds[k]:,}" for k in ("image", "mask", "sketch") if kinds[k]) or "-",
-                      "x".join(map(str, last.get("shape") or [])) or "-", str(last.get("dtype", "-")),
+                      "x".join(map(str, last.get("shape") or [])) or "-", "float16" if rows else "-",
+                      str(last.get("dtype", "-")),
                       str(last.get("scaling_factor", "-")), str(last.get("shift_factor", "-")))
     return table
 
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
         """Encode image, coloured mask and sketch of every ok image with one or more VAEs.
 
         Stores each latent distribution's mean as float16 (C x R/8 x R/8), unscaled and unshifted, in
-        OUT/latents/<vae>/, and records the VAE's scaling and shift factors in OUT/latents (one row per
+        `OUT/latents/<vae>/`, and records the VAE's scaling and shift factors in OUT/latents (one row per
         image and VAE). Runs on what parse and sketch produced so far; missing masks or sketches are
         simply not encoded.
 

@@ -357,3 +357,8 @@ class IngestStage(Stage):
         sha = atomic_write_table(table.drop_columns(["_fp"]), ctx.out / INDEX)
         # `sha256sum -c ingest/index.sha256` (run in OUT) and `verify` check the index against it
         update_bytes(ctx.out / INDEX_SHA, f"{sha}  {INDEX}\n".encode())
+        if (n_dup := pc.sum(pc.cast(dup, pa.int64())).as_py() or 0):
+            import sys
+
+            print(f"ingest: {n_dup:,} exact duplicate(s) marked after the scan (status `duplicate`): the summary's "
+                  "failures include them, the progress line's did not", file=sys.stderr)
