@@ -238,3 +238,6 @@ def _print_index(out: Path) -> None:
     out_console.print(table)
     left = ", ".join(f"{k} {v:,}" for k, v in index["left_out"].items())
     console.print(f"[dim]left out: {left or 'none'}; dataset card: {out / 'shards' / 'README.md'}[/dim]")
+    from pipeline.stages.shard import next_step
+
+    console.print(next_step(out), highlight=False, soft_wrap=True)

@@ -32,7 +32,7 @@ import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -82,6 +82,8 @@ class ShardConfig(StageConfig):
         keep_staged: keep the per-sample fragments after assembly (disk: about the size of the shards),
             so a later run with new images only prepares those.
         io_threads: threads preparing samples (image decoding and encoding release the GIL).
+        allow_images_only: shard even when none of refine, parse, sketch and latents has run (samples then
+            hold the image and its json alone); otherwise that stops with the commands that make them.
     """
 
     resolution: int | None = None
@@ -97,6 +99,7 @@ class ShardConfig(StageConfig):
     keep_staged: bool = volatile(True)
     io_threads: int = volatile(4)
     batch_size: int = volatile(32)
+    allow_images_only: bool = volatile(False)
 
     def __post_init__(self) -> None:
         if self.resolution is not None and (self.resolution < 16 or self.resolution % 8):
@@ -246,6 +249,8 @@ class ShardStage(Stage):
         resolution = _resolution(cfg, up)
         for name, values in view_columns(table, up, cfg.mask_source).items():
             table = table.append_column(name, values)
+        if not ctx.read_only:  # `status` computes inputs too: it neither stops nor prints
+            _guide(cfg, ctx, up, table)
         keys, n = table["key"], table.num_rows
         # A missing field is flagged only where its stage ran: no `no_sketch` on every sample of a run
         # that never made sketches (the dataset card says which fields exist at all).
@@ -292,6 +297,62 @@ class ShardStage(Stage):
             for lo in range(0, ok.num_rows, 1 << 16):
                 for rel in ok["staged"].slice(lo, 1 << 16).to_pylist():
                     (ctx.out / rel).unlink(missing_ok=True)
+
+
+# The stages that make each field a sample pairs with its image, in the order they run.
+MADE_BY = {"captions": ("caption", "clean", "refine"), "masks": ("parse",), "sketches": ("sketch",),
+           "latents": ("latents",)}
+
+
+def _missing(ctx: StageContext, ran: set[str], table: pa.Table) -> dict[str, str]:
+    """Field -> the commands that make it, for each field no stage made in this run folder (masks count as
+    made where ingest has ground truth for every sample)."""
+    missing = {}
+    for field, stages in MADE_BY.items():
+        if stages[-1] in ran:
+            continue
+        if field == "masks" and (gt := int(pc.sum(pc.cast(truthy(table["_mask"]), pa.int64())).as_py() or 0)):
+            if gt == table.num_rows:
+                continue
+            field = f"masks (ground truth for only {gt:,} of {table.num_rows:,})"
+        todo = [s for s in stages if s == stages[-1] or not ctx.ledger(s).parts()]  # caption may have run
+        missing[field] = " && ".join(f"facecurate {s} {ctx.out}" for s in todo)
+    return missing
+
+
+def _guide(cfg: ShardConfig, ctx: StageContext, up: Any, table: pa.Table) -> None:
+    """Stop when nothing upstream ran (shards of bare images are rarely what was meant), unless
+    `allow_images_only`; when only some of it ran, say in one line what the shards lack and how to make it."""
+    ran = {s for s in UPSTREAM if up.fps[s].num_rows}
+    missing = _missing(ctx, ran, table)
+    if not missing:
+        return
+    out, fields = ctx.out, [f.split(" (")[0] for f in missing]
+    if not ran and not cfg.allow_images_only:
+        raise ConfigError(
+            f"shard: refine, parse, sketch and latents have not run on {out}, so the shards would hold no "
+            f"{', '.join(fields[:-1])}{' or ' if len(fields) > 1 else ''}{fields[-1]}: run them with "
+            "`facecurate run MANIFEST` (manifests/demo.yaml names every stage) or one by one: "
+            f"`{' && '.join(missing.values())}`, then "
+            f"`facecurate shard {out}` again; or shard the images alone: `facecurate shard {out} --set "
+            "allow_images_only=true` (stages.shard.allow_images_only)")
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        "note: shard: " + "; ".join(f"no {f}: run `{cmd}`" for f, cmd in missing.items())
+        + f"; then `facecurate shard {out}` again", highlight=False, soft_wrap=True)
+
+
+def next_step(out: Path) -> str:
+    """The line a shard summary ends with: what to run now that `out/shards` is written."""
+    index = json.loads((out / "shards" / "index.json").read_text())
+    if not index.get("samples"):
+        return (f"next: no sample made it into the shards (see `left out` above and "
+                f"{out / 'shards'}/README.md); `facecurate status {out}` says what failed")
+    train = (f"`facecurate train manifests/train/tiny.yaml --set data.shards={out / 'shards'}`"
+             if index.get("vaes") else
+             f"to train, first `facecurate latents {out}`, then `facecurate shard {out}` again")
+    return f"next: `facecurate verify {out}`, then `facecurate publish {out} DIR` to share it, or {train}"
 
 
 def _restage(stage: ShardStage, inputs: pa.Table, keys: list[str]) -> None:
