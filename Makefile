@@ -6,7 +6,11 @@ PY := $(VENV)/bin/python
 CACHE ?= .cache
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # pyfacer pulls opencv-python; keep both OpenCV wheels on 4.x (OpenCV 5 ships no Haar cascades).
-CPU_PINS := $(TORCH_PINS) "opencv-python-headless<5" "opencv-python<5" dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 ftfy==6.3.1
+CPU_PINS := $(TORCH_PINS) "opencv-python-headless<5" "opencv-python<5" dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 ftfy==6.3.1 torchmetrics==1.9.0 torch-fidelity==0.4.0 lpips==0.1.4
+# NIQE's standard pristine model (MATLAB's modelparameters.mat) ships in basicsr as niqe_pris_params.npz; only that
+# file is read (train/niqe.py), basicsr is never imported, so none of its dependencies are installed (and its
+# sdist builds against the torch already here: --no-build-isolation).
+NIQE_PINS := basicsr==1.4.2
 STAMP := $(VENV)/.facecurate-setup
 export FACECURATE_CACHE := $(abspath $(CACHE))
 export RAY_AUTH_MODE ?= disabled
@@ -29,6 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q $(CPU_PINS) -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --no-build-isolation $(NIQE_PINS)
 	touch $@
 
 setup-vllm: $(VLLM_STAMP)
@@ -69,7 +74,9 @@ demo: data models
 	$(VENV)/bin/facecurate audit-captions demo_out
 	$(VENV)/bin/facecurate train manifests/train/tiny.yaml
 	$(VENV)/bin/facecurate sample runs/tiny -c "a smiling woman with short dark hair" \
-		--mask demo_out/masks/celebahq/0.png --steps 20 --n 4 --out runs/tiny/samples.png
+		--mask demo_out/masks/celebahq/0.png --vae $(CACHE)/tiny-models/vae-flux --steps 20 --n 4 --out runs/tiny/samples.png
+	$(VENV)/bin/facecurate evaluate runs/tiny --shards demo_out/shards --split train --steps 20 --per-condition 2 \
+		--fid-weights random --lpips-weights random --clip $(CACHE)/tiny-models/clip-tiny --vae $(CACHE)/tiny-models/vae-flux
 
 test: data models
 	$(PY) -m pytest -q

@@ -139,9 +139,12 @@ def test_every_stage_file_is_registered_and_every_registered_stage_has_its_file(
 
 
 def test_the_trainer_uses_only_the_data_contracts_of_the_pipeline():
+    # evaluate parses generated faces with the parse stage's own parser; scoring gets it as a callable
+    extra = {"evaluate.py": {"parsers"}}
     for path in sorted((ROOT / "train").rglob("*.py")):
         used = {folder(m) for m in imports_of(path)}
-        assert used <= {"data"}, f"{path.relative_to(ROOT)} imports pipeline/{sorted(used - {'data'})}"
+        allowed = {"data"} | extra.get(path.name, set())
+        assert used <= allowed, f"{path.relative_to(ROOT)} imports pipeline/{sorted(used - allowed)}"
 
 
 def test_every_module_says_what_it_is():

@@ -3,7 +3,8 @@
 A bad config fails before anything loads, with one line that names the key and the valid choices
 (``ConfigError``, a ``ValueError``). Relative paths in a file resolve against the file's folder, like the
 pipeline's manifests; ``--set`` values are taken as given (relative to the working directory). Defaults are the paper's 256 px setting except where a field says
-otherwise; ``manifests/train/*.yaml`` are complete examples.
+otherwise; conventions (``model.rope``, ``data.latent_convention``) follow the public code, the paper's variants
+stay as named options. ``manifests/train/*.yaml`` are complete examples.
 """
 
 from __future__ import annotations
@@ -28,21 +29,55 @@ class ModelConfig:
 
     Args:
         size: a key of ``MMFaceDiT_models``: XL (the paper's 1.345B), L, B, S or tiny.
-        rope: ``paper`` (1D RoPE on text tokens) or ``public`` (text at position 0, as the public code).
+        rope: ``public`` (text tokens at position 0, as the public code; the default) or ``paper`` (1D RoPE on
+            text tokens at positions 0..76, as the paper describes).
         patch_size: latent patch size.
         mlp_ratio: MLP width over hidden size.
         depth: override the size's depth.
         hidden_size: override the size's width.
         num_heads: override the size's head count.
+        init_from: weights file (ours or the public code's layout, ``train.convert``) loaded strictly before
+            step 0; a resumed run ignores it.
     """
 
     size: str = "XL"
-    rope: Literal["paper", "public"] = "paper"
+    rope: Literal["paper", "public"] = "public"
     patch_size: int = 2
     mlp_ratio: float = 4.0
     depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
+    init_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    """EC²Face's explicit conditional consistency loss (``train.consistency``): off unless this section is set.
+
+    x̂0 is reverse-estimated from the prediction at t, decoded by the VAE, and scored by a frozen CLIP
+    (1 − cosine to the caption) and a frozen face parser (cross-entropy + Dice against ``mask.png``),
+    weighted by β = sigmoid(gamma_s · (t_c − noise level)). Gradients reach only the DiT.
+
+    Args:
+        clip: ``CLIPModel`` with its tokenizer (and image processor): hub id or local folder; null: no CLIP term.
+        parser: ``SegformerForSemanticSegmentation`` with 19 CelebAMask-HQ classes: hub id or folder; null: no
+            parser term.
+        vae: ``AutoencoderKL`` to decode with; null: the one the shards record (their ``json`` ``vae.id``).
+        lambda_clip: weight of the CLIP term.
+        lambda_parser: weight of the parser term (cross-entropy + Dice).
+        gamma_s: steepness of β over the noise level.
+        t_c: noise level (0 clean, 1 pure noise) where β = 1/2.
+        min_beta: samples whose β is at most this are not decoded (0: only β = 0 is skipped).
+    """
+
+    clip: str | None = None
+    parser: str | None = None
+    vae: str | None = None
+    lambda_clip: float = 1.0
+    lambda_parser: float = 1.0
+    gamma_s: float = 10.0
+    t_c: float = 0.4
+    min_beta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +92,16 @@ class ObjectiveConfig:
         min_snr_gamma: DDPM Min-SNR gamma; null turns the weighting off.
         prediction_type: DDPM target: ``epsilon`` or ``v_prediction``.
         longtail: weight the loss per latent position with EC²Face's Eq. 10 (needs ``mask.png`` in shards).
-        class_counts: 19 pixel counts for Eq. 10; null sums the shards' ``class_pixels`` in a first pass.
+        class_counts: 19 pixel counts T_c for Eq. 10; null takes them from ``longtail_weights``.
+        longtail_weights: where T_c comes from when ``class_counts`` is null: ``auto`` (``stats/attributes.json``
+            in the shard folder or up to two folders above it, else the shards' ``class_pixels`` summed in a
+            first pass, which the log says), a path to an ``attributes.json``, or ``shards`` (always count).
+        longtail_mode: ``eq11`` (EC²Face Eq. 11: the weight inside the squared norm, w²) or ``linear`` (w, the
+            form runs before this option used; resume those with it).
+        longtail_clamp: [min, max] of the final class weights; null: unclamped (see
+            ``train.objectives.longtail_class_weights`` for why 10).
+        longtail_normalize: scale the weights so the dataset-average position weight (w² or w) is 1.
+        consistency: EC²Face's explicit conditional consistency loss; null: off.
     """
 
     kind: Literal["rf", "ddpm"] = "rf"
@@ -68,6 +112,11 @@ class ObjectiveConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     longtail: bool = False
     class_counts: list[int] | None = None
+    longtail_weights: str = "auto"
+    longtail_mode: Literal["eq11", "linear"] = "eq11"
+    longtail_clamp: list[float] | None = field(default_factory=lambda: [0.0, 10.0])
+    longtail_normalize: bool = True
+    consistency: ConsistencyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -75,10 +124,11 @@ class DataConfig:
     """Where the shards are and how a sample becomes a training example.
 
     Args:
-        shards: a shard folder (with ``index.json``), one ``.tar`` or a glob of them.
+        shards: a shard folder (with ``index.json``), a run folder (its ``shards/``), one ``.tar`` or a glob.
         split: which split of ``index.json`` to train on.
         vae: short VAE name in the shards (``flux`` = 16 channels, ``sd`` = 4).
-        latent_convention: ``diffusers`` ((z - shift) * scale) or ``mmface`` (z * scale, the public code's).
+        latent_convention: ``mmface`` (z * scale, the public code's; the default) or ``diffusers``
+            ((z - shift) * scale).
         text_encoder: CLIP text encoder + tokenizer: hub id (SD2.1-base) or a local folder.
         text_cache: folder of precomputed CLIP states, written on first use; null encodes on the fly.
         batch_size: samples per device per micro-step.
@@ -93,7 +143,7 @@ class DataConfig:
     shards: str = "out/shards"
     split: str = "train"
     vae: str = "flux"
-    latent_convention: Literal["diffusers", "mmface"] = "diffusers"
+    latent_convention: Literal["diffusers", "mmface"] = "mmface"
     text_encoder: str = "stabilityai/stable-diffusion-2-1-base"
     text_cache: str | None = None
     batch_size: int = 32
@@ -152,6 +202,12 @@ class LoopConfig:
         ckpt_every: steps between checkpoints (one is always written at the end).
         keep_last: checkpoints kept (0 keeps all).
         peak_tflops: peak for MFU; null looks the GPU up (H100/H200 bf16 dense 989) or measures a CPU matmul.
+        eval_every: steps between scoring the EMA weights on a few fixed conditions (``train.evaluate``): the
+            figures go to ``metrics.jsonl``, the page to ``OUT/eval_steps/step_N/``; 0 (the default) turns it off.
+        eval_conditions: how many conditions: the first samples of the eval split (``test``, else the training split).
+        eval_options: ``facecurate evaluate``'s options by field name (``train.evaluate.EvalOptions`` and
+            ``train.metrics.MetricOptions``: split, per_condition, steps, cfg_scale, vae, clip, fid_weights,
+            lpips_weights, parser_model, niqe_params, skip, ...).
     """
 
     out_dir: str = "runs/mmface"
@@ -169,6 +225,9 @@ class LoopConfig:
     ckpt_every: int = 1000
     keep_last: int = 0
     peak_tflops: float | None = None
+    eval_every: int = 0
+    eval_conditions: int = 4
+    eval_options: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -260,7 +319,7 @@ def _set(data: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
-PATH_KEYS = (("data", "shards"), ("data", "text_cache"), ("train", "out_dir"))
+PATH_KEYS = (("data", "shards"), ("data", "text_cache"), ("train", "out_dir"), ("model", "init_from"))
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
@@ -273,6 +332,18 @@ def _resolve_paths(data: dict, base: Path) -> dict:
             continue
         if key != "text_encoder" or value.startswith(".") or (base / value).exists():
             data[section][key] = str((base / value).resolve())
+    objective = data.get("objective")
+    if isinstance(objective, dict):
+        weights = objective.get("longtail_weights")
+        if isinstance(weights, str) and weights not in ("auto", "shards") and not Path(weights).is_absolute():
+            objective["longtail_weights"] = str((base / weights).resolve())
+        if isinstance(objective.get("consistency"), dict):  # model sources: paths like text_encoder, else hub ids
+            cons = objective["consistency"] = dict(objective["consistency"])
+            for key in ("clip", "parser", "vae"):
+                value = cons.get(key)
+                if isinstance(value, str) and not Path(value).is_absolute() and (
+                        value.startswith(".") or (base / value).exists()):
+                    cons[key] = str((base / value).resolve())
     return data
 
 
@@ -319,5 +390,24 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key}: a probability in [0, 1], got {p}")
     if cfg.objective.class_counts is not None and len(cfg.objective.class_counts) != 19:
         raise ConfigError(f"objective.class_counts: 19 counts (CelebAMask-HQ ids 0..18), got {len(cfg.objective.class_counts)}")
+    clamp = cfg.objective.longtail_clamp
+    if clamp is not None and (len(clamp) != 2 or not 0.0 <= clamp[0] <= clamp[1] or clamp[1] <= 0):
+        raise ConfigError(f"objective.longtail_clamp: [min, max] with 0 <= min <= max and max > 0, or null; got {clamp}")
+    cons = cfg.objective.consistency
+    if cons is not None:
+        if cons.clip is None and cons.parser is None:
+            raise ConfigError("objective.consistency: set clip, parser or both (or drop the section to turn it off)")
+        for key in ("lambda_clip", "lambda_parser", "gamma_s", "min_beta"):
+            if getattr(cons, key) < 0:
+                raise ConfigError(f"objective.consistency.{key}: must be 0 or more, got {getattr(cons, key)}")
+        if not 0.0 <= cons.t_c <= 1.0:
+            raise ConfigError(f"objective.consistency.t_c: a noise level in [0, 1], got {cons.t_c}")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers: must be 0 or more, got {cfg.data.num_workers}")
+    if cfg.train.eval_every < 0 or (cfg.train.eval_every and cfg.train.eval_conditions < 2):
+        raise ConfigError(f"train.eval_every / eval_conditions: 0 or more steps and at least 2 conditions, got "
+                          f"{cfg.train.eval_every} / {cfg.train.eval_conditions}")
+    if cfg.train.eval_every:
+        from train.evaluate import eval_options
+
+        eval_options(cfg.train.eval_options)  # a misspelt option fails now, not at the first evaluation

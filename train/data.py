@@ -79,11 +79,35 @@ def count_samples(path: Path) -> int:
     return sum(1 for _ in iter_samples(path, wanted=lambda i: False))
 
 
-def find_shards(spec: str | Path, split: str = "train") -> list[Shard]:
-    """Shards of a split: from ``index.json`` in a folder, else ``<split>-*.tar`` there, or a file/glob."""
+_RESOLVED: set[str] = set()  # run folders already said to stand for their shards (said once per process)
+
+
+def shard_folder(root: Path, log: Callable[[str], None] = print) -> Path:
+    """The shard folder a folder stands for: itself (``index.json`` or tars), or a run folder's ``OUT/shards``
+    (one line in the log says so); a folder with neither is a one-line ConfigError saying how to make one."""
+    if (root / "index.json").is_file() or any(root.glob("*.tar")):
+        return root
+    if (root / "shards" / "index.json").is_file():
+        if str(root) not in _RESOLVED:
+            _RESOLVED.add(str(root))
+            log(f"{root} is a run folder: reading its shards, {root / 'shards'}")
+        return root / "shards"
+    if (root / "shards").is_dir():
+        raise ConfigError(f"{root / 'shards'} has no index.json (it is written last, so the shard stage has "
+                          f"not finished there): run `facecurate shard {root}`")
+    raise ConfigError(f"{root} holds no shards: a shard folder has index.json and <split>-NNNNNN.tar files, "
+                      "as `facecurate shard OUT` writes them to OUT/shards; make them with `facecurate run "
+                      "MANIFEST` (or `facecurate latents OUT && facecurate shard OUT`), then point "
+                      "data.shards at OUT or OUT/shards")
+
+
+def find_shards(spec: str | Path, split: str = "train", log: Callable[[str], None] = print) -> list[Shard]:
+    """Shards of a split: from ``index.json`` in a folder, else ``<split>-*.tar`` there, or a file/glob; a run
+    folder stands for its ``shards`` folder (``shard_folder``)."""
     spec = str(spec)
     root = Path(spec)
     if root.is_dir():
+        root = shard_folder(root, log)
         index = root / "index.json"
         if index.is_file():
             entries = json.loads(index.read_text())["shards"]
@@ -118,10 +142,22 @@ def probe(shards: list[Shard], vae: str) -> dict:
             break
         meta = json.loads(f["json"])
         if vae not in meta.get("vae", {}):
-            raise ConfigError(f"data.vae: shards have no {vae!r} latents; they have: {', '.join(meta.get('vae', {})) or 'none'}")
+            raise ConfigError(missing_vae(shards[0].path.parent, vae, list(meta.get("vae", {}))))
         lat = load_npy(f[f"{vae}.latent.npy"], f"{key}: {vae}.latent.npy")
         return {"vae": meta["vae"][vae], "resolution": meta.get("resolution"), "latent_shape": list(lat.shape)}
     raise ValueError(f"{shards[0].path} holds no samples")
+
+
+def missing_vae(folder: Path, vae: str, found: list[str]) -> str:
+    """What to do about shards without `vae`'s latents: make them, or train on a VAE the shards have
+    (``index.json``'s ``vaes``, else the first sample's)."""
+    if (folder / "index.json").is_file():  # else a folder of tars without an index: the sample's list
+        found = list(json.loads((folder / "index.json").read_text()).get("vaes") or found)
+    out = folder.parent if (folder.parent / "index.parquet").is_file() else Path("OUT")  # the run behind them
+    use = " (set data.vae to one of them), or" if found else ";"
+    return (f"data.vae: the shards have no {vae!r} latents; they have: {', '.join(found) or 'none'}{use} run "
+            f"`facecurate latents {out}` (stages.latents.models must include {vae}), then "
+            f"`facecurate shard {out}`")
 
 
 def dataset_class_counts(shards: list[Shard]) -> list[int]:
@@ -131,6 +167,34 @@ def dataset_class_counts(shards: list[Shard]) -> list[int]:
         for _, _, f in iter_samples(s.path, fields=frozenset({"json"})):
             total += np.asarray(json.loads(f["json"]).get("class_pixels", [0] * 19), np.int64)
     return total.tolist()
+
+
+def find_attributes(spec: str | Path, depth: int = 2) -> Path | None:
+    """The stats stage's ``stats/attributes.json`` for shards at `spec`: in the shard folder (the folder of a
+    tar or glob) or up to `depth` folders above it (a run's ``OUT/shards`` has it at ``OUT/stats``)."""
+    root = Path(spec)
+    if not root.is_dir():
+        root = root.parent
+    for folder in [root, *root.resolve().parents][: depth + 1]:
+        if (folder / "stats" / "attributes.json").is_file():
+            return folder / "stats" / "attributes.json"
+    return None
+
+
+def longtail_counts(source: str, spec: str | Path, shards: list[Shard], split: str) -> tuple[list[int], str]:
+    """EC²Face T_c and where they came from: ``auto`` (attributes.json beside or above the shards, else the
+    shards' ``class_pixels``), a path to an attributes.json, or ``shards``."""
+    from pipeline.data.attributes import document_counts
+
+    path = find_attributes(spec) if source == "auto" else None if source == "shards" else Path(source)
+    if path is None:
+        why = "asked for" if source == "shards" else f"no stats/attributes.json beside or above {spec}"
+        return dataset_class_counts(shards), f"the shards' class_pixels ({why})"
+    try:
+        counts, counted = document_counts(json.loads(path.read_text()), split)
+    except (OSError, ValueError) as e:  # a JSONDecodeError is a ValueError
+        raise ConfigError(f"objective.longtail_weights: cannot read class counts from {path}: {e}") from None
+    return counts, f"{path} (split {counted})"
 
 
 def shuffle_order(n: int, buffer: int, rng: np.random.Generator) -> list[int]:
@@ -178,13 +242,16 @@ class ShardStream(IterableDataset):
         tokenizer: CLIP tokenizer (ids are returned) unless ``text_cache`` is given.
         text_cache: folder written by ``precompute_text`` (hidden states are returned).
         class_weights: EC²Face per-class weights; when given a per-position ``weight`` map is returned.
+        consistency: also return what the consistency loss needs: ``caption`` (the text the sample is
+            conditioned on, "" when dropped), ``label`` (mask.png, zeros without one), ``has_label`` and
+            ``has_cond`` (a mask or sketch latent is given, not dropped).
     """
 
     def __init__(self, shards: list[Shard], vae: str, batch_size: int, num_workers: int = 0, seed: int = 0,
                  rank: int = 0, world: int = 1, shuffle_buffer: int = 1000, convention: str = "diffusers",
                  text_dropout: float = 0.05, mask_dropout: float = 0.05, sketch_dropout: float = 0.05,
                  sketch_prob: float = 0.5, tokenizer=None, text_cache: str | Path | None = None,
-                 class_weights: np.ndarray | None = None, max_length: int = 77):
+                 class_weights: np.ndarray | None = None, max_length: int = 77, consistency: bool = False):
         super().__init__()
         if tokenizer is None and text_cache is None:
             raise ValueError("ShardStream needs a tokenizer or a text_cache")
@@ -194,9 +261,10 @@ class ShardStream(IterableDataset):
         self.text_dropout, self.mask_dropout, self.sketch_dropout = text_dropout, mask_dropout, sketch_dropout
         self.sketch_prob, self.tokenizer, self.max_length = sketch_prob, tokenizer, max_length
         self.text_cache = Path(text_cache) if text_cache else None
-        self.class_weights = class_weights
+        self.class_weights, self.consistency = class_weights, consistency
         self.fields = frozenset({"json", "captions.json", f"{vae}.latent.npy", f"{vae}.mask_latent.npy",
-                                 f"{vae}.sketch_latent.npy"} | ({"mask.png"} if class_weights is not None else set()))
+                                 f"{vae}.sketch_latent.npy"}
+                                | ({"mask.png"} if class_weights is not None or consistency else set()))
         self.epoch, self.start_batch = 0, 0
         self._cache_files: dict[str, object] = {}
 
@@ -284,7 +352,8 @@ class ShardStream(IterableDataset):
         if avail and modality not in avail:
             modality = avail[0]
         dropout = self.sketch_dropout if modality else self.mask_dropout
-        if modality in avail and u[2] >= dropout:
+        has_cond = modality in avail and u[2] >= dropout
+        if has_cond:
             name = f"{self.vae}.{MODALITIES[modality]}_latent.npy"
             cond = latent_to_model(load_npy(f[name], f"{where}: {name}"), vmeta, self.convention)
         else:
@@ -299,18 +368,29 @@ class ShardStream(IterableDataset):
             caption = "" if drop_text else captions[index]
             out["input_ids"] = np.asarray(self.tokenizer(caption, padding="max_length", max_length=self.max_length,
                                                          truncation=True)["input_ids"], np.int64)
+        label = self._label(f.get("mask.png"), where) if self.class_weights is not None or self.consistency else None
         if self.class_weights is not None:
-            out["weight"] = self._weight_map(f.get("mask.png"), latent.shape[1:], where)
+            out["weight"] = self._weight_map(label, latent.shape[1:])
+        if self.consistency:
+            out["caption"] = "" if drop_text else captions[index]
+            out["has_label"], out["has_cond"] = label is not None, has_cond
+            out["label"] = label if label is not None else np.zeros([8 * n for n in latent.shape[1:]], np.uint8)
         return out
 
-    def _weight_map(self, png: bytes | None, latent_hw, where: str) -> np.ndarray:
+    @staticmethod
+    def _label(png: bytes | None, where: str) -> np.ndarray | None:
         if png is None:
-            return np.ones(latent_hw, np.float32)  # no mask: unweighted
+            return None
         from PIL import Image
 
-        label = np.asarray(Image.open(io.BytesIO(png)))
+        label = np.array(Image.open(io.BytesIO(png)))  # a writable copy: the DataLoader makes a tensor of it
         if label.ndim != 2:
             raise ValueError(f"{where}: mask.png must be a single-channel label map, got shape {label.shape}")
+        return label
+
+    def _weight_map(self, label: np.ndarray | None, latent_hw) -> np.ndarray:
+        if label is None:
+            return np.ones(latent_hw, np.float32)  # no mask: unweighted
         return longtail_weight_map(label, self.class_weights, tuple(latent_hw)).astype(np.float32)
 
     def _cached_text(self, key: str, index: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,8 @@ class MMFaceDiTConfig:
         patch_size: latent patch size (2).
         latent_channels: VAE latent channels C; the input is 2C (noisy latent + condition), output C.
         text_dim: CLIP text width, for both the hidden states and the pooled vector (SD2.1: 1024).
-        rope: ``paper`` (1D RoPE on text tokens) or ``public`` (text tokens at position 0, no rotation).
+        rope: ``public`` (text tokens at position 0, no rotation, as the public code; the default) or ``paper``
+            (1D RoPE on text tokens, as the paper describes).
         rope_theta: RoPE base (10,000).
     """
 
@@ -48,7 +49,7 @@ class MMFaceDiTConfig:
     patch_size: int = 2
     latent_channels: int = 16
     text_dim: int = 1024
-    rope: str = "paper"
+    rope: str = "public"
     rope_theta: float = 10_000.0
 
     def __post_init__(self):

@@ -6,7 +6,11 @@
   epsilon), Min-SNR-gamma loss weights min(SNR, gamma) / SNR; sampling with ``DPMSolverMultistepScheduler``.
 - Classifier-free guidance over text only: the unconditional branch gets the empty caption and the null
   pooled vector while the mask/sketch latent stays in both branches (as the public code does).
-- EC²Face long-tail weights (its Eq. 10) per latent position from a label map and the dataset's class counts.
+- EC²Face long-tail weights: Eq. 10 per class (``pipeline.data.attributes.ec2face_weights``, the one
+  implementation), clamped, area-averaged to the latent grid, and applied as Eq. 11 puts them: inside the
+  squared norm, || w ⊙ (target − prediction) ||², so a position counts w² (``weighted_mse``).
+- ``loss(..., extra=fn)`` adds ``fn(x̂, noise_level)`` to the loss, with x̂ the clean latent the objective
+  reverse-estimates from the prediction (EC²Face's explicit conditional consistency, ``train.consistency``).
 
 Randomness comes from an explicit ``torch.Generator`` so a training step is a pure function of its seed,
 which is what makes resume exact. diffusers is imported lazily: the network and the rectified-flow objective
@@ -25,9 +29,26 @@ T_SCALE = 999.0  # rectified-flow t in [0, 1] is embedded on the DDPM 0..999 sca
 Cond = dict[str, torch.Tensor]  # cond, modality, text, pooled, drop_text: the network's keyword inputs
 
 
-def weighted_mse(pred, target, weight=None, sample_weight=None) -> torch.Tensor:
-    """Mean squared error, averaged over channels, weighted per latent position (B, H, W) and per sample (B,)."""
-    err = (pred.float() - target.float()).pow(2).mean(dim=1)  # (B, H, W)
+LONGTAIL_MODES = ("eq11", "linear")
+
+
+def weighted_mse(pred, target, weight=None, sample_weight=None, longtail_mode: str = "eq11") -> torch.Tensor:
+    """Mean squared error over (C, H, W), weighted per latent position by `weight` (B, H, W) and per sample (B,).
+
+    ``eq11`` (EC²Face Eq. 11, the default): mean of (w ⊙ (pred − target))², the weight inside the squared
+    norm, so a position's error counts w². The paper's norm is a sum; the mean differs by the constant C·H·W.
+    ``linear``: mean of w ⊙ (pred − target)², the weight outside (a position counts w). Kept for two reasons:
+    runs trained before Eq. 11 was followed used it, and resuming one must not change its objective; and
+    its dataset-average weight is Eq. 10's ≤ 1 (Σ_c T_c w_c / ΣT = Σ_c T_c / (n_c T_c + 1)), so the
+    unweighted loss's learning rate and gradient clip carry over unchanged, which w² does not promise.
+    """
+    if longtail_mode not in LONGTAIL_MODES:
+        raise ValueError(f"longtail_mode must be one of {', '.join(LONGTAIL_MODES)}, got {longtail_mode!r}")
+    diff = pred.float() - target.float()  # (B, C, H, W)
+    if weight is not None and longtail_mode == "eq11":
+        diff = weight[:, None].float() * diff  # w ⊙ (ε − ε_θ), then the square
+        weight = None
+    err = diff.pow(2).mean(dim=1)  # (B, H, W)
     if weight is not None:
         err = err * weight
     per_sample = err.mean(dim=(1, 2))
@@ -60,24 +81,41 @@ class RectifiedFlow:
         t_sampling: ``uniform`` (the paper) or ``logit_normal`` (SD3's sigmoid of a normal).
         logit_mean: mean of the normal before the sigmoid.
         logit_std: standard deviation of the normal before the sigmoid.
+        longtail_mode: how per-position weights enter the loss: ``eq11`` (w²) or ``linear`` (w); see ``weighted_mse``.
     """
 
-    def __init__(self, t_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0):
+    def __init__(self, t_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
+                 longtail_mode: str = "eq11"):
         if t_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"t_sampling must be uniform or logit_normal, got {t_sampling!r}")
         self.t_sampling, self.logit_mean, self.logit_std = t_sampling, logit_mean, logit_std
+        self.longtail_mode = longtail_mode
 
     def sample_t(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
         if self.t_sampling == "uniform":
             return torch.rand(n, generator=generator, device=device)
         return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator, device=device))
 
-    def loss(self, model, x1, c: Cond, weight=None, generator=None) -> torch.Tensor:
+    @staticmethod
+    def estimate_data(z, t, v) -> torch.Tensor:
+        """x̂1 = z + (1 − t) v̂: the straight path extrapolated to t = 1 from the predicted velocity."""
+        return z.float() + (1 - t.float()).view(-1, 1, 1, 1) * v.float()
+
+    @staticmethod
+    def noise_level(t) -> torch.Tensor:
+        """1 at pure noise (t = 0), 0 at the data (t = 1)."""
+        return 1 - t.float()
+
+    def loss(self, model, x1, c: Cond, weight=None, generator=None, extra: Callable | None = None) -> torch.Tensor:
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         t = self.sample_t(x1.shape[0], generator, x1.device)
         te = t.view(-1, 1, 1, 1)
         z = (1 - te) * x0 + te * x1
-        return weighted_mse(model(z, t * T_SCALE, **c), x1 - x0, weight)
+        v = model(z, t * T_SCALE, **c)
+        loss = weighted_mse(v, x1 - x0, weight, None, self.longtail_mode)
+        if extra is not None:
+            loss = loss + extra(self.estimate_data(z, t, v), self.noise_level(t))
+        return loss
 
     @torch.no_grad()
     def sample(self, model, noise, c: Cond, uc: Cond | None = None, steps: int = 50, cfg_scale: float = 7.5):
@@ -94,14 +132,16 @@ class DDPM:
     Args:
         min_snr_gamma: gamma of min(SNR, gamma) / SNR (5, the Min-SNR paper's default); None: unweighted.
         prediction_type: ``epsilon`` (SD2.1-base) or ``v_prediction`` (weight min(SNR, gamma) / (SNR + 1)).
+        longtail_mode: how per-position weights enter the loss: ``eq11`` (w²) or ``linear`` (w); see ``weighted_mse``.
     """
 
-    def __init__(self, min_snr_gamma: float | None = 5.0, prediction_type: str = "epsilon"):
+    def __init__(self, min_snr_gamma: float | None = 5.0, prediction_type: str = "epsilon",
+                 longtail_mode: str = "eq11"):
         from diffusers import DDPMScheduler
 
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
-        self.min_snr_gamma, self.prediction_type = min_snr_gamma, prediction_type
+        self.min_snr_gamma, self.prediction_type, self.longtail_mode = min_snr_gamma, prediction_type, longtail_mode
         self.scheduler = DDPMScheduler(
             num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
             prediction_type=prediction_type, clip_sample=False, steps_offset=1,
@@ -119,12 +159,28 @@ class DDPM:
         clipped = torch.clamp(snr, max=self.min_snr_gamma)
         return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
 
-    def loss(self, model, x0, c: Cond, weight=None, generator=None) -> torch.Tensor:
+    def estimate_data(self, z, t, pred) -> torch.Tensor:
+        """x̂0 from the prediction: (z − √(1−ᾱ) ε̂) / √ᾱ for epsilon, √ᾱ z − √(1−ᾱ) v̂ for v-prediction."""
+        ac = self.scheduler.alphas_cumprod.to(z.device)[t].float().view(-1, 1, 1, 1)
+        z, pred = z.float(), pred.float()
+        if self.prediction_type == "epsilon":
+            return (z - (1 - ac).sqrt() * pred) / ac.sqrt()
+        return ac.sqrt() * z - (1 - ac).sqrt() * pred
+
+    def noise_level(self, t) -> torch.Tensor:
+        """t / (T − 1): 0 at the first step (nearly clean), 1 at the last (nearly pure noise)."""
+        return t.float() / (self.num_timesteps - 1)
+
+    def loss(self, model, x0, c: Cond, weight=None, generator=None, extra: Callable | None = None) -> torch.Tensor:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         z = self.scheduler.add_noise(x0, noise, t)
         target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
-        return weighted_mse(model(z, t.float(), **c), target, weight, self.loss_weight(t))
+        pred = model(z, t.float(), **c)
+        loss = weighted_mse(pred, target, weight, self.loss_weight(t), self.longtail_mode)
+        if extra is not None:
+            loss = loss + extra(self.estimate_data(z, t, pred), self.noise_level(t))
+        return loss
 
     @torch.no_grad()
     def sample(self, model, noise, c: Cond, uc: Cond | None = None, steps: int = 50, cfg_scale: float = 7.5):
@@ -140,21 +196,56 @@ class DDPM:
 
 
 def make_objective(kind: str, **kw) -> RectifiedFlow | DDPM:
+    mode = kw.get("longtail_mode", "eq11")
     if kind == "rf":
-        return RectifiedFlow(kw.get("t_sampling", "uniform"), kw.get("logit_mean", 0.0), kw.get("logit_std", 1.0))
+        return RectifiedFlow(kw.get("t_sampling", "uniform"), kw.get("logit_mean", 0.0), kw.get("logit_std", 1.0), mode)
     if kind == "ddpm":
-        return DDPM(kw.get("min_snr_gamma", 5.0), kw.get("prediction_type", "epsilon"))
+        return DDPM(kw.get("min_snr_gamma", 5.0), kw.get("prediction_type", "epsilon"), mode)
     raise ValueError(f"objective must be rf or ddpm, got {kind!r}")
 
 
-def longtail_class_weights(class_counts) -> np.ndarray:
-    """EC²Face Eq. 10 per class: w_c = (sum_k T_k) / (n_c * T_c + 1), n_c = number of classes.
+DEFAULT_CLAMP = (0.0, 10.0)
 
-    Averaged over the dataset's pixels this is ~1 (each present class contributes T_c / (n_c T_c + 1)), so the
-    weighted loss keeps the unweighted loss's scale and learning rate.
+
+def longtail_class_weights(class_counts, clamp: tuple[float, float] | list[float] | None = DEFAULT_CLAMP,
+                           normalize: int | None = None) -> np.ndarray:
+    """EC²Face Eq. 10 per class (``pipeline.data.attributes.ec2face_weights``), clamped: clip(s · w, min, max).
+
+    ``normalize = p`` picks the one factor s that makes the dataset-average position weight w^p exactly 1
+    (p = 2 under Eq. 11, 1 under ``linear``; the trainer's default); without it s = 1. Either way every
+    final weight lies in ``clamp``.
+
+    Why a clamp: Eq. 10 is unbounded. A class seen in one stray pixel of the whole dataset (T_c = 1) gets
+    ΣT / (n_c + 1), about 10⁹ for 100K masks at 512², and Eq. 11 squares it: that one latent position would
+    outweigh every other position of the run. Why max 10: w = 1 is a class of average share (1/n_c of the
+    pixels); 10 saturates every class under a tenth of that (share < 0.53%: earrings, necklaces, eyes,
+    brows, lips on face crops) at one weight, so under Eq. 11 no position counts more than 10² = 100 times
+    an average one. The min stays 0: the paper lets frequent classes weigh little. ``None``: no clamp.
+
+    Why normalise: Eq. 10 keeps the dataset average of w near 1, but not of w²: on CelebAMask-HQ-like
+    shares the average w² is ~29 unclamped and ~3 clamped. One constant factor, fitted on the dataset's own
+    counts, brings it to 1, so the gradient clip, learning rate and the consistency loss's λ keep the scale
+    of the unweighted loss. Not per image: that would make a class's weight depend on what else is in the
+    image (an earring would lower its face's skin), which Eq. 10 does not do.
     """
-    counts = np.asarray(class_counts, dtype=np.float64)
-    return (counts.sum() / (len(counts) * counts + 1.0)).astype(np.float32)
+    from pipeline.data.attributes import ec2face_weights
+
+    counts = np.asarray(class_counts, np.float64)
+    w = ec2face_weights(counts)
+    lo, hi = clamp if clamp is not None else (0.0, np.inf)
+    if lo > hi:
+        raise ValueError(f"clamp must be [min, max] with min <= max, got {list(clamp)}")
+    scale = 1.0
+    if normalize and counts.sum() > 0:
+        def mean_w(s: float) -> float:  # dataset-average clip(s w)^p over pixels; non-decreasing in s
+            return float((counts * np.clip(s * w, lo, hi) ** normalize).sum() / counts.sum())
+
+        a, b = -30.0, 30.0  # bisection on log s
+        for _ in range(200):
+            m = (a + b) / 2
+            a, b = (m, b) if mean_w(np.exp(m)) < 1.0 else (a, m)
+        scale = float(np.exp((a + b) / 2))
+    return np.clip(scale * w, lo, hi).astype(np.float32)
 
 
 def longtail_weight_map(label: np.ndarray, class_weights: np.ndarray, latent_hw: tuple[int, int]) -> np.ndarray:

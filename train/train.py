@@ -194,10 +194,24 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
             D.precompute_text(shards, encoder, Path(cfg.data.text_cache))
         if world > 1:
             dist.barrier()
-    class_weights, counts = None, cfg.objective.class_counts
-    if cfg.objective.longtail:  # EC²Face T_c: the config's, the checkpoint's, or summed from the shards once
-        counts = counts or (state or {}).get("class_counts") or D.dataset_class_counts(shards)
-        class_weights = longtail_class_weights(counts)
+    class_weights, counts, o = None, cfg.objective.class_counts, cfg.objective
+    if o.longtail:  # EC²Face T_c: the config's, the checkpoint's (a resume keeps its weights), else attributes.json
+        if counts is not None:
+            source = "objective.class_counts"
+        elif state and state.get("class_counts"):
+            counts, source = state["class_counts"], f"the checkpoint {ckpt.name}"
+        else:  # stats/attributes.json beside or above the shards; the shards' own counts as the fallback
+            counts, source = D.longtail_counts(o.longtail_weights, cfg.data.shards, shards, cfg.data.split)
+        power = (2 if o.longtail_mode == "eq11" else 1) if o.longtail_normalize else None
+        class_weights = longtail_class_weights(counts, o.longtail_clamp, power)
+        if master:
+            log(f"EC²Face weights ({o.longtail_mode}, clamp {o.longtail_clamp}, "
+                f"{'normalised' if power else 'not normalised'}) from {source}: "
+                f"{class_weights.min():.3g}..{class_weights.max():.3g}")
+            before = state["config"]["objective"] if state else {}
+            if before.get("longtail") and "longtail_mode" not in before:
+                log("warning: the checkpoint predates Eq. 11 and trained with linear, unclamped weights; to keep its "
+                    "objective set objective.longtail_mode=linear longtail_clamp=null longtail_normalize=false")
 
     # the network: architecture from the checkpoint when resuming (nanoGPT), else from the config
     if state:
@@ -214,6 +228,15 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     raw = MMFaceDiT(model_cfg).to(device)
     raw.grad_ckpt = cfg.train.grad_ckpt
+    if cfg.model.init_from and state:  # the checkpoint's weights win: init_from is only where a run starts
+        if master:
+            log(f"resuming from {ckpt.name}: model.init_from ({cfg.model.init_from}) is ignored")
+    elif cfg.model.init_from:  # before the EMA copy, so both start from these weights
+        from train.convert import init_from
+
+        note = init_from(raw, cfg.model.init_from, cfg.data.latent_convention)
+        if master:
+            log(note)
     ema = copy.deepcopy(raw).requires_grad_(False).eval()
     optimizer, optim_name = make_optimizer(raw, cfg, device)
     step, epoch, batch_in_epoch, samples_seen = 0, 0, 0, 0
@@ -233,13 +256,21 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     objective = make_objective(cfg.objective.kind, **{k: getattr(cfg.objective, k) for k in
-                               ("t_sampling", "logit_mean", "logit_std", "min_snr_gamma", "prediction_type")})
+                               ("t_sampling", "logit_mean", "logit_std", "min_snr_gamma", "prediction_type",
+                                "longtail_mode")})
+    consistency = None
+    if cfg.objective.consistency is not None:  # EC²Face's consistency loss: frozen VAE, CLIP and parser
+        from train.consistency import ConsistencyLoss
+
+        consistency = ConsistencyLoss(cfg.objective.consistency, meta["vae"], cfg.data.latent_convention, device,
+                                      grad_ckpt=cfg.train.grad_ckpt)
 
     ds = D.ShardStream(
         shards, cfg.data.vae, cfg.data.batch_size, cfg.data.num_workers, cfg.train.seed, rank, world,
         cfg.data.shuffle_buffer, cfg.data.latent_convention, cfg.data.text_dropout, cfg.data.mask_dropout,
         cfg.data.sketch_dropout, cfg.data.sketch_prob, tokenizer=encoder.tokenizer,
-        text_cache=cfg.data.text_cache, class_weights=class_weights, max_length=encoder.max_length)
+        text_cache=cfg.data.text_cache, class_weights=class_weights, max_length=encoder.max_length,
+        consistency=consistency is not None)
     per_epoch = ds.batches_per_epoch()
     if per_epoch == 0:
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} x {max(cfg.data.num_workers, 1)} workers x {world} ranks "
@@ -296,6 +327,7 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
                 "world": world, "model_args": model_cfg.to_dict(), "config": cfg.to_dict(), "data": meta,
                 "text_encoder": cfg.data.text_encoder, "latent_convention": cfg.data.latent_convention,
                 "class_counts": counts, "optimizer_kind": optim_name,
+                "class_weights": None if class_weights is None else class_weights.tolist(),
                 "torch": torch.__version__}
 
     it = batches()
@@ -314,6 +346,13 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
             history.append(loss)
         pending = []
 
+    evaluator, rng_devices = None, [device.index] if device.type == "cuda" else []
+    if cfg.train.eval_every and master:  # rank 0 scores the EMA weights; the other ranks wait at their next all-reduce
+        from train.evaluate import TrainingEval
+
+        with torch.random.fork_rng(devices=rng_devices):  # scoring leaves training's random streams alone
+            evaluator = TrainingEval(cfg, encoder, device, log)
+
     model.train()
     while step < max_steps:
         lr = lr_at(step, cfg, max_steps)
@@ -330,10 +369,11 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
             else:
                 c["text"], c["pooled"] = batch["text"].to(device), batch["pooled"].to(device)
             weight = batch["weight"].to(device) if "weight" in batch else None
+            extra = consistency.bind(batch) if consistency is not None else None
             sync = contextlib.nullcontext() if world == 1 or micro == accum - 1 else model.no_sync()
             with sync, attn_ctx():  # backward too: checkpointed blocks recompute attention there
                 with autocast:
-                    loss = objective.loss(model, batch["latent"].to(device), c, weight, generator) / accum
+                    loss = objective.loss(model, batch["latent"].to(device), c, weight, generator, extra) / accum
                 loss.backward()
             loss_sum += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -364,6 +404,12 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
                 save_checkpoint(out_dir, step, raw, ema, optimizer, run_state(), cfg.train.keep_last)
             if world > 1:
                 dist.barrier()
+        if evaluator is not None and step % cfg.train.eval_every == 0:
+            flush()
+            with torch.random.fork_rng(devices=rng_devices):
+                figures = evaluator(step, ema, objective)
+            append_line(metrics_path, json.dumps({"step": step, "eval": figures}))
+            t_log = time.perf_counter()  # the next progress line times training only
     flush()
     elapsed = time.perf_counter() - t_start
     summary = {"steps": step, "steps_this_run": step - start_step, "samples_seen": samples_seen,

@@ -7,6 +7,9 @@ reads.
 
 EC²Face Eq. 10: with T_c the pixels of class c summed over the reference split and n_c = 19 classes,
 the weight of class c is w_c = sum(T) / (n_c * T_c + 1); a pixel's weight is its class's weight.
+`ec2face_weights` is the project's one implementation of it: the stats stage writes its result into
+attributes.json and the trainer (`train.objectives.longtail_class_weights`) calls it on the counts it
+reads back with `document_counts`, so both give the same weights for the same counts.
 
 Groups (EC²Face Appendix A names them; the membership is computed here, never assumed), from each
 class's mean pixel share s (over images) and occurrence o (share of images where the class covers at
@@ -38,6 +41,23 @@ def ec2face_weights(totals: np.ndarray) -> np.ndarray:
     """EC²Face Eq. 10: w_c = sum(T) / (n_c * T_c + 1) for class pixel totals T (n_c = len(T))."""
     t = np.asarray(totals, np.float64)
     return t.sum() / (len(t) * t + 1.0)
+
+
+def document_counts(doc: dict[str, Any], split: str | None = None) -> tuple[list[int], str]:
+    """(T, split) from an attributes document: the per-class pixels of `split` when the document has them,
+    else the EC²Face reference split's T (what `ec2face_weights` turns into the document's weights).
+
+    A trainer passes its training split, so Eq. 10 counts the pixels it trains on; with the default stats
+    settings (reference split ``train``) both give the same T.
+    """
+    classes = doc.get("classes") or []
+    if split and len(classes) == NUM_CLASSES and all(split in c.get("pixels", {}) for c in classes):
+        return [int(c["pixels"][split]) for c in classes], split
+    ec = doc.get("ec2face") or {}
+    totals = ec.get("T")
+    if not isinstance(totals, list) or len(totals) != NUM_CLASSES:
+        raise ValueError(f"not an attributes document: no {NUM_CLASSES} class pixel counts under ec2face.T")
+    return [int(x) for x in totals], str(ec.get("reference_split", "all"))
 
 
 def weight_map(label: np.ndarray, weights: np.ndarray) -> np.ndarray:

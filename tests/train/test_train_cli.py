@@ -53,6 +53,8 @@ def test_config_errors_are_one_line_not_a_traceback(tmp_path, shards, tiny_train
 
 
 def test_train_then_sample_a_grid(tmp_path, shards, tiny_train_models):
+    from train.sample import grid_tiles
+
     cfg = write_config(tmp_path / "c.yaml", shards, tiny_train_models["clip-text"], tmp_path / "run")
     result = invoke("train", str(cfg))
     assert result.exit_code == 0, result.output
@@ -73,12 +75,15 @@ def test_train_then_sample_a_grid(tmp_path, shards, tiny_train_models):
         out = tmp_path / f"{name}.png"
         result = invoke("sample", str(tmp_path / "run"), *common, *cond, "--out", str(out))
         assert result.exit_code == 0, result.output
-        grids[name] = np.asarray(Image.open(out))
-    assert grids["a"].shape == (64, 64 * 4, 3)  # the condition, then three samples
+        grids[name] = np.stack(grid_tiles(np.asarray(Image.open(out).convert("RGB")), 4, 64))
+    assert grids["a"].shape == (4, 64, 64, 3)  # the condition, then three samples
     assert np.array_equal(grids["a"], grids["b"])  # same seed, same images
-    assert not np.array_equal(grids["a"][:, 64:], grids["d"][:, 64:])  # another seed
-    assert not np.array_equal(grids["a"][:, :64], grids["c"][:, :64])  # the sketch preview differs
-    assert tuple(grids["a"][20, 20]) == (204, 0, 0)  # the label map was colour-coded (skin) for the VAE
+    assert not np.array_equal(grids["a"][1:], grids["d"][1:])  # another seed
+    assert not np.array_equal(grids["a"][0], grids["c"][0])  # the sketch preview differs
+    assert tuple(grids["a"][0][20, 20]) == (204, 0, 0)  # the label map was colour-coded (skin) for the VAE
+    page = np.asarray(Image.open(tmp_path / "a.png").convert("L"))
+    assert page.shape[1] == 4 * 192 and page.shape[0] > 22 + 192  # tiles enlarged x3, labels above, prompt below
+    assert (page[:22] < 128).any() and (page[22 + 192:] < 128).any()  # text drawn in the label row and footer
 
     bad = runner.invoke(app, ["sample", str(tmp_path / "run"), "--caption", "x"])
     assert bad.exit_code == 2 and "exactly one of --mask or --sketch" in bad.output
@@ -100,4 +105,7 @@ def test_sample_from_a_ddpm_checkpoint(tmp_path, shards, tiny_train_models):
                     str(tmp_path / "s.png"), "--vae", str(tiny_train_models["vae-sd"]), "--steps", "3", "--n", "2",
                     "--weights", "model", "--out", str(tmp_path / "g.png"))
     assert result.exit_code == 0, result.output
-    assert Image.open(io.BytesIO((tmp_path / "g.png").read_bytes())).size == (64 * 3, 64)
+    from train.sample import grid_tiles
+
+    grid = np.asarray(Image.open(io.BytesIO((tmp_path / "g.png").read_bytes())).convert("RGB"))
+    assert [t.shape for t in grid_tiles(grid, 3, 64)] == [(64, 64, 3)] * 3

@@ -111,7 +111,7 @@ def test_cfg_guides_text_and_keeps_the_condition_in_both_branches():
 
 def test_longtail_weights_follow_eq10_and_average_one():
     counts = np.array([4000, 2000, 1000, 10] + [100] * 15, np.int64)
-    w = longtail_class_weights(counts)
+    w = longtail_class_weights(counts, clamp=None)  # Eq. 10 itself: no clamp, no normalisation
     np.testing.assert_allclose(w, counts.sum() / (19 * counts + 1), rtol=1e-6)
     assert w[3] > w[0]  # the rare class weighs more
     assert float((counts * w).sum() / counts.sum()) == pytest.approx(1.0, abs=0.01)  # dataset average ~1
@@ -136,5 +136,6 @@ def test_weighted_loss_counts_heavier_positions_more():
     weight = torch.ones(1, 2, 2)
     assert weighted_mse(pred, target).item() == pytest.approx(0.25)
     weight[0, 0, 0] = 4.0
-    assert weighted_mse(pred, target, weight).item() == pytest.approx(1.0)
+    assert weighted_mse(pred, target, weight, longtail_mode="linear").item() == pytest.approx(1.0)  # w
+    assert weighted_mse(pred, target, weight).item() == pytest.approx(4.0)  # Eq. 11: w² = 16 at one of 4
     assert weighted_mse(pred, target, None, torch.tensor([0.5])).item() == pytest.approx(0.125)
