@@ -190,3 +190,16 @@ def test_a_bug_keeps_its_traceback(out, monkeypatch):
     given = FileNotFoundError(2, "No such file or directory", str(out / "m.png"))
     assert explain(given, ["sample", "run", "--mask", str(out / "m.png")]) == \
         (f"--mask {out / 'm.png'} does not exist (No such file or directory); check the path", 2)
+
+
+def test_a_hub_model_that_is_not_here_points_to_facecurate_models(tmp_path, monkeypatch):
+    from pipeline.core.config import ConfigError, loading_model, models_hint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as got:
+        with loading_model("stages.caption.model", "OpenGVLab/InternVL3-1B-hf"):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    msg = str(got.value)
+    assert msg.startswith("stages.caption.model: cannot load 'OpenGVLab/InternVL3-1B-hf' (OSError: We couldn't")
+    assert msg.endswith("`facecurate models MANIFEST` says where each model comes from and how to fetch it")
+    assert models_hint(str(tmp_path)) == "" and models_hint("./here") == ""  # a local path: no such hint

@@ -290,4 +290,12 @@ def loading_model(setting: str, model: Any, fix: str = "") -> Iterator[None]:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         why = f"{type(e).__name__}: {first}" if first else type(e).__name__
         fix = fix or "check the path or hub id, and that it names this kind of model"
-        raise ConfigError(f"{setting}: cannot load {str(model)!r} ({why}); {fix}") from e
+        raise ConfigError(f"{setting}: cannot load {str(model)!r} ({why}); {fix}{models_hint(model)}") from e
+
+
+def models_hint(model: Any) -> str:
+    """For a model that is not a local file or folder (a hub id not in the cache, offline): where to look."""
+    text = str(model)
+    if text.startswith((".", "/", "~")) or Path(text).expanduser().exists():
+        return ""
+    return "; offline? `facecurate models MANIFEST` says where each model comes from and how to fetch it"

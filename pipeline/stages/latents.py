@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.config import ConfigError, StageConfig, model_ref, volatile
+from pipeline.core.config import ConfigError, StageConfig, model_ref, models_hint, volatile
 from pipeline.core.devices import batch_independent
 from pipeline.core.ledger import OK, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext, default_inputs
@@ -156,7 +156,8 @@ class LatentsStage(Stage):
                                                     torch_dtype=self.dtype, low_cpu_mem_usage=low_mem)
             except (OSError, ValueError) as e:  # not found, offline, not a VAE: say which and why, in one line
                 msg = " ".join(str(e).split())[:300]
-                raise ConfigError(f"stages.latents.models.{short}: cannot load {spec.model!r}: {msg}") from None
+                raise ConfigError(f"stages.latents.models.{short}: cannot load {spec.model!r}: {msg}"
+                                  f"{models_hint(spec.model)}") from None
             self.vaes[short] = vae.to(self.device).eval().requires_grad_(False)
             c = vae.config
             self.meta[short] = {

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, volatile
+from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, models_hint, volatile
 from pipeline.core.ledger import OK, BatchRows, Ledger, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
@@ -186,7 +186,8 @@ class RefineStage(Stage):
             if isinstance(e, ConfigError):
                 raise
             first = (str(e).strip().splitlines() or [""])[0]
-            raise ConfigError(f"stages.refine.model: cannot load {cfg.model!r} ({type(e).__name__}: {first})") from e
+            raise ConfigError(f"stages.refine.model: cannot load {cfg.model!r} ({type(e).__name__}: {first})"
+                              f"{models_hint(cfg.model)}") from e
         self.guided = bool(getattr(self.engine, "supports_json_schema", False))
         self.reader = RefineInputs(ctx.out, cfg)
         done = ctx.ledger("refine").read()  # the cache: an identical input (same _fp) reuses its row
