@@ -196,9 +196,8 @@ def test_a_hub_model_that_is_not_here_points_to_facecurate_models(tmp_path, monk
     from pipeline.core.config import ConfigError, loading_model, models_hint
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError) as got:
-        with loading_model("stages.caption.model", "OpenGVLab/InternVL3-1B-hf"):
-            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    with pytest.raises(ConfigError) as got, loading_model("stages.caption.model", "OpenGVLab/InternVL3-1B-hf"):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
     msg = str(got.value)
     assert msg.startswith("stages.caption.model: cannot load 'OpenGVLab/InternVL3-1B-hf' (OSError: We couldn't")
     assert msg.endswith("`facecurate models MANIFEST` says where each model comes from and how to fetch it")
