@@ -209,12 +209,27 @@ class Upstream:
     latents: pa.Table | None
     latent_rows: pa.Table | None = None
 
-    def src(self, keys: pa.Array | pa.ChunkedArray, stages: tuple[str, ...]) -> pa.Array | pa.ChunkedArray:
-        """`stage:fp|stage:fp|...` for each key (`-` where a stage has no row for it)."""
-        parts = [pc.binary_join_element_wise(pa.scalar(f"{s}:"), pc.fill_null(by_key(self.fps.get(s), keys, "_fp"),
-                                                                               "-"), "")
-                 for s in stages]
-        return pc.binary_join_element_wise(*parts, "|") if parts else pa.array([""] * len(keys))
+    def src(self, keys: pa.Array | pa.ChunkedArray, stages: tuple[str, ...],
+            chunk: int = 1 << 20) -> pa.Array | pa.ChunkedArray:
+        """`stage:fp|stage:fp|...` for each key (`-` where a stage has no row for it), one chunk of keys per
+        output chunk: ten million keys make over 2 GB of these strings, more than one Arrow string array holds."""
+        if not stages:
+            return pa.array([""] * len(keys), pa.string())
+        found = {}  # stage -> (its fingerprints, each key's row in them): one hash lookup per stage
+        for s in stages:
+            t = self.fps.get(s)
+            found[s] = (None, None) if t is None or not t.num_rows else (t["_fp"], pc.index_in(keys, value_set=t["key"]))
+        out = []
+        for lo in range(0, len(keys), chunk):
+            n = min(chunk, len(keys) - lo)
+            parts = []
+            for s in stages:
+                fp, pos = found[s]
+                got = pa.nulls(n, pa.string()) if fp is None else fp.take(pos.slice(lo, n))
+                parts.append(pc.binary_join_element_wise(pa.scalar(f"{s}:"), pc.fill_null(got, "-"), ""))
+            joined = pc.binary_join_element_wise(*parts, "|")
+            out.extend(joined.chunks if isinstance(joined, pa.ChunkedArray) else [joined])
+        return pa.chunked_array(out, pa.string()) if out else pa.chunked_array([], pa.string())
 
 
 def upstream(out: Path, stages: tuple[str, ...]) -> Upstream:
