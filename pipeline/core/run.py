@@ -12,6 +12,7 @@ import dataclasses
 import fcntl
 import os
 import platform
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -305,8 +306,21 @@ def previous_settings(out: Path, stage: str) -> dict[str, Any]:
 
 def print_summary(results: list[StageResult], title: str, out_console: Console, console: Console,
                   seconds: float | None = None) -> None:
-    """The summary table every command ends with; with `seconds`, also what this run did."""
+    """The summary table every command ends with, then the next step; with `seconds`, also what this run
+    did. Titles are `<what> -> OUT` (the folder the next step names)."""
     out_console.print(summary_table(results_rows(results), title))
+    folder = title.rsplit(" -> ", 1)[-1] if " -> " in title else None
+    if folder:
+        failed = Counter()
+        for r in results:
+            failed.update(r.failed)
+        if failed:
+            reason = failed.most_common(1)[0][0]
+            console.print(f"Next: facecurate inspect {folder} --status {reason} (why they failed; --retry-failed "
+                          f"runs them again), then facecurate status {folder}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"Next: facecurate status {folder} (what is left, and what waits on what)",
+                          highlight=False, soft_wrap=True)
     if seconds is None:
         return
     new = sum(r.pending for r in results)
