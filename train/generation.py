@@ -171,21 +171,10 @@ def load_generator(checkpoint: str | Path, o: EvalOptions, device: torch.device,
 
     from train.data import TextEncoder, from_pretrained_any
     from train.objectives import make_objective
-    from train.sample import load_model, load_weights_file
-    from train.train import load_checkpoint_state, resolve_checkpoint
+    from train.sample import load_any
 
-    if Path(checkpoint).is_file():
-        if not o.vae:
-            raise ConfigError("a weights file records no VAE: pass --vae")
-        model, state, origin = load_weights_file(Path(checkpoint), None, None, device)
-        ckpt, step = Path(checkpoint), None
-    else:
-        try:
-            ckpt = resolve_checkpoint(checkpoint)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        state, origin = load_checkpoint_state(ckpt), "ours"
-        model, step = load_model(ckpt, state, o.weights, device), state.get("step")
+    model, state, origin, ckpt = load_any(checkpoint, o.weights, device, o.vae)
+    step = state.get("step") if origin == "ours" else None
     channels = model.cfg.latent_channels
     name = (state.get("config", {}).get("data") or {}).get("vae")
     if name not in shard_vaes:  # a weights file: the shards' VAE with the model's channel count

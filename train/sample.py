@@ -72,6 +72,25 @@ def load_model(ckpt: Path, state: dict, weights: str, device: torch.device):
     return model.to(device).eval().requires_grad_(False)
 
 
+def load_any(checkpoint: str | Path, weights: str, device: torch.device, vae: str | None,
+             objective: str | None = None, resolution: int | None = None):
+    """(model, state, origin, path): one of our checkpoint or run folders (`weights`: ema or model), or a
+    bare weights file in our layout or the public code's (which records no VAE: `vae` is required)."""
+    from train.train import load_checkpoint_state, resolve_checkpoint
+
+    if Path(checkpoint).is_file():  # a bare weights file: ours or the public code's layout
+        if not vae:
+            raise ConfigError("a weights file records no VAE: pass --vae (the public checkpoints use the FLUX.1 VAE)")
+        model, state, origin = load_weights_file(Path(checkpoint), objective, resolution, device)
+        return model, state, origin, Path(checkpoint)
+    try:
+        ckpt = resolve_checkpoint(checkpoint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    state = load_checkpoint_state(ckpt)
+    return load_model(ckpt, state, weights, device), state, "ours", ckpt
+
+
 def load_weights_file(path: Path, objective: str | None, resolution: int | None, device: torch.device):
     """(model, state-like dict, origin) for a bare weights file, ours or the public code's (``train.convert``).
 
@@ -147,8 +166,6 @@ def sample(checkpoint: str | Path, caption: str, mask: Path | None = None, sketc
 
     from train.data import TextEncoder, from_pretrained_any, model_to_latent
     from train.objectives import make_objective, uncond_like
-    from train.train import load_checkpoint_state, resolve_checkpoint
-
     if (mask is None) == (sketch is None):
         raise ConfigError("give exactly one of --mask or --sketch")
     for given in (mask, sketch):  # before any model loads: a typo costs nothing
@@ -161,17 +178,7 @@ def sample(checkpoint: str | Path, caption: str, mask: Path | None = None, sketc
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    if Path(checkpoint).is_file():  # a bare weights file: ours or the public code's layout
-        if not vae:
-            raise ConfigError("a weights file records no VAE: pass --vae (the public checkpoints use the FLUX.1 VAE)")
-        model, state, origin = load_weights_file(Path(checkpoint), objective, resolution, dev)
-    else:
-        try:
-            ckpt = resolve_checkpoint(checkpoint)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        state, origin = load_checkpoint_state(ckpt), "ours"
-        model = load_model(ckpt, state, weights, dev)
+    model, state, origin, _ = load_any(checkpoint, weights, dev, vae, objective, resolution)
     ocfg = state["config"]["objective"]
     objective = make_objective(ocfg["kind"], **{k: v for k, v in ocfg.items() if k not in ("kind", "longtail", "class_counts")})
     vae_meta = state["data"]["vae"]
