@@ -67,7 +67,7 @@ def _latents_table(out: Path) -> Table:
     t = StageContext(out).ledger("latents").read(
         ["vae", "status", "model", "dtype", "shape", "kinds", "scaling_factor", "shift_factor"]).to_pylist()
     table = Table(title="latents by VAE", title_justify="left", header_style="bold")
-    for c in ("vae", "model", "ok", "kinds encoded", "shape", "stored", "computed in", "scale", "shift"):
+    for c in ("vae", "model", "ok", "kinds encoded", "shape", "dtype", "scale", "shift"):
         table.add_column(c)
     for vae in sorted({r["vae"] for r in t if r["vae"]}):
         rows = [r for r in t if r["vae"] == vae and r["status"] == "ok"]
@@ -75,8 +75,8 @@ def _latents_table(out: Path) -> Table:
         last = rows[-1] if rows else {}
         table.add_row(vae, str(last.get("model", "-")), f"{len(rows):,}",
                       ", ".join(f"{k} {kinds[k]:,}" for k in ("image", "mask", "sketch") if kinds[k]) or "-",
-                      "x".join(map(str, last.get("shape") or [])) or "-", "float16" if rows else "-",
-                      str(last.get("dtype", "-")),
+                      "x".join(map(str, last.get("shape") or [])) or "-",
+                      "float16" if rows else "-",  # as stored; the ledger's dtype is what the VAE computed in
                       str(last.get("scaling_factor", "-")), str(last.get("shift_factor", "-")))
     return table
 
