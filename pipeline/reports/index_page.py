@@ -61,7 +61,8 @@ REPORTS = [
 
 
 def render(out: Path) -> str:
-    """The page for the reports present in `out` (no dates: the same reports give the same bytes)."""
+    """The page for the reports present in `out` (no dates, no folder name: the same reports give the same
+    bytes wherever the run lives)."""
     e = html.escape
     items = []
     for title, page, source, how in REPORTS:
@@ -72,11 +73,11 @@ def render(out: Path) -> str:
         items.append(f"<li><a href='{e(page)}'>{e(title)}</a>"
                      f"{f'<div class=dim>{e(line)}</div>' if line else ''}</li>")
     body = "".join(items) or "<li class=dim>no reports yet: run a stage (`facecurate run MANIFEST`)</li>"
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>facecurate: {e(out.name)}</title>"
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>facecurate run</title>"
             f"<style>{CSS}li{{margin:10px 0;font-size:16px}}.dim{{color:#666;font-size:13px}}</style></head>"
-            f"<body><h1>facecurate run: {e(out.name)}</h1><p>The reports of this run folder; each links back here. "
-            f"<code>facecurate status {e(out.name)}</code> shows what is done and what is pending.</p>"
-            f"<ul>{body}</ul></body></html>\n")
+            f"<body><h1>facecurate run</h1><p>The reports of this run folder; each links back here. "
+            f"<code>facecurate status &lt;this folder&gt;</code> shows what is done, what is pending and what "
+            f"to run next.</p><ul>{body}</ul></body></html>\n")
 
 
 def write_index(out: Path) -> bool:
