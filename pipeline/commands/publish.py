@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 console = Console(stderr=True)
 out_console = Console()
@@ -40,17 +39,13 @@ def register(app: typer.Typer) -> None:
         facecurate publish runs/faces runs/faces-hub    # only new or changed shards move
         ```
         """
+        from pipeline.commands.shard import splits_table
         from pipeline.ops.publish import publish as publish_run
 
         t0 = time.monotonic()
         result = publish_run(out.resolve(), dest)
         index = result.index
-        table = Table(title=f"published {result.pretty_name} -> {dest}", title_justify="left", header_style="bold")
-        for c, j in (("split", "left"), ("shards", "right"), ("samples", "right"), ("bytes", "right")):
-            table.add_column(c, justify=j)  # type: ignore[arg-type]
-        for sp, d in index["splits"].items():
-            table.add_row(sp, str(d["shards"]), f"{d['samples']:,}", f"{d['bytes']:,}")
-        out_console.print(table)
+        out_console.print(splits_table(index, f"published {result.pretty_name} -> {dest}"))
         moved = (f"{result.linked:,} hard-linked and {result.copied:,} copied (each checked against its sha256 "
                  f"in index.json), {result.unchanged:,} unchanged"
                  + (f", {len(result.removed):,} no longer in the index removed" if result.removed else ""))

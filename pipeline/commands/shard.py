@@ -223,6 +223,16 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{total:,} sample(s) read in {time.monotonic() - t0:.1f} s.[/dim]")
 
 
+def splits_table(index: dict, title: str) -> Table:
+    """Shards, samples and bytes per split of an `index.json`."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for c, j in (("split", "left"), ("shards", "right"), ("samples", "right"), ("bytes", "right")):
+        table.add_column(c, justify=j)  # type: ignore[arg-type]
+    for sp, d in index["splits"].items():
+        table.add_row(sp, str(d["shards"]), f"{d['samples']:,}", f"{d['bytes']:,}")
+    return table
+
+
 def _print_index(out: Path) -> None:
     import json
 
@@ -230,12 +240,7 @@ def _print_index(out: Path) -> None:
     if not path.exists():
         return
     index = json.loads(path.read_text())
-    table = Table(title=f"shards in {out / 'shards'}", title_justify="left", header_style="bold")
-    for c, j in (("split", "left"), ("shards", "right"), ("samples", "right"), ("bytes", "right")):
-        table.add_column(c, justify=j)  # type: ignore[arg-type]
-    for sp, d in index["splits"].items():
-        table.add_row(sp, str(d["shards"]), f"{d['samples']:,}", f"{d['bytes']:,}")
-    out_console.print(table)
+    out_console.print(splits_table(index, f"shards in {out / 'shards'}"))
     left = ", ".join(f"{k} {v:,}" for k, v in index["left_out"].items())
     console.print(f"[dim]left out: {left or 'none'}; dataset card: {out / 'shards' / 'README.md'}[/dim]")
     from pipeline.stages.shard import next_step
