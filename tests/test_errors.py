@@ -17,6 +17,7 @@ from pipeline import __version__
 from pipeline.cli import explain, run_cli
 from pipeline.core.crashes import StageFailed
 from pipeline.core.ledger import Ledger
+from pipeline.core.run import previous_settings
 from pipeline.core.runner import FailureStreak
 from pipeline.core.stage import StageContext
 from pipeline.stages.caption import CaptionStage
@@ -76,6 +77,7 @@ def test_a_text_only_caption_model_stops_the_stage_and_a_vlm_then_does_those_key
     assert "caption: 2 keys in a row failed the same way (engine_error: " in line and "text-only model" in line
     assert "none of them was recorded" in line and "check stages.caption.model (an image+text model" in line
     assert StageContext(out).ledger("caption").read().num_rows == 0  # not cached: nothing counts as done
+    assert previous_settings(out, "caption") == {}  # nor recorded as what the folder ran with
 
     code, _, err = cli(capsys, "caption", out, "--model", tiny_model("internvl3"), "--prompts", prompts)
     assert code == 0, err
@@ -128,6 +130,12 @@ def test_a_wrong_sketch_model_is_one_line(out, tiny_model, capsys):
     assert code == 2 and line.startswith("error: stages.sketch.model: cannot load ")
     assert "holds no .pth checkpoint" in line and "set it to u2net_portrait.pth" in line
     assert not Ledger(out, "sketch").parts()
+    assert previous_settings(out, "sketch") == {}  # not recorded: a bare `sketch OUT` does not repeat it
+    code, _, err = cli(capsys, "sketch", out, "--model", tiny_model("u2net-portrait-tiny"))
+    assert code == 0, err
+    good = previous_settings(out, "sketch")["model"]
+    code, _, err = cli(capsys, "sketch", out, "--model", tiny_model("qwen3"))
+    assert code == 2 and previous_settings(out, "sketch")["model"] == good  # what the folder ran with stays
 
 
 def test_a_vae_folder_as_the_segformer_model_is_one_line(out, tiny_model, capsys):

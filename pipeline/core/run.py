@@ -290,12 +290,35 @@ def run_stage_command(out: Path, stage: str, settings: dict[str, Any], runner: s
     console = console or Console(stderr=True)
     runner_cfg = manifest.runner or RunnerConfig()
     with locked(out):
+        ledger = StageContext(out).ledger(stage)
+        recorded, parts = _read_or_none(out / RESOLVED), ledger.parts()
         write_resolved(manifest, out)
-        if runner_cfg.kind == "ray":
-            check_shared_storage(out, [manifest.stages[stage]], runner_cfg)
-        if retry_failed:
-            runner_cfg = dataclasses.replace(runner_cfg, retry_failed=True)
-        return run_stage(stage, manifest.stages[stage], StageContext(out), runner_cfg, console)
+        try:
+            if runner_cfg.kind == "ray":
+                check_shared_storage(out, [manifest.stages[stage]], runner_cfg)
+            if retry_failed:
+                runner_cfg = dataclasses.replace(runner_cfg, retry_failed=True)
+            return run_stage(stage, manifest.stages[stage], StageContext(out), runner_cfg, console)
+        except BaseException:
+            # Nothing ran with these settings (a model that does not load, every key failing alike): the
+            # record keeps what the folder last ran with, so a bare `facecurate STAGE OUT` does not repeat it.
+            if ledger.parts() == parts:
+                _restore(out / RESOLVED, recorded)
+            raise
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _restore(path: Path, data: bytes | None) -> None:
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        update_bytes(path, data)
 
 
 def previous_settings(out: Path, stage: str) -> dict[str, Any]:
