@@ -103,9 +103,18 @@ def evaluate(out: Path, sources: dict[str, Path] | None = None, split: str | Non
                     missing.append(key)
                 else:
                     conf += c
-            results[name] = {"folder": str(folder), "images": len(gt) - len(missing), "missing": len(missing),
+            results[name] = {"folder": _shown(folder, out), "images": len(gt) - len(missing), "missing": len(missing),
                              "missing_keys": missing[:20], **scores(conf), "confusion": conf.tolist()}
-    return {"out": str(out), "split": split, "ground_truth_images": len(gt), "sources": results}
+    return {"split": split, "ground_truth_images": len(gt), "sources": results}
+
+
+def _shown(folder: Path, out: Path) -> str:
+    """A folder of the run relative to it (the report reads the same wherever the run lives); any other
+    folder (`--masks`) as given."""
+    try:
+        return folder.resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

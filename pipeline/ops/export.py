@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,8 @@ def export_mmface(out: Path, dest: Path, vae: str | None = None, splits: tuple[s
             _export_sample(root, name, f, vae, dtype, missing, result)
             if advance:
                 advance(1)
-    summary = {"source": str(out), "vae": vae, "vae_info": vaes[vae], "splits": list(splits), "dtype": dtype,
+    # the run as a path relative to the export (no absolute local path in a folder that may be published)
+    summary = {"source": os.path.relpath(out.resolve(), root.resolve()), "vae": vae, "vae_info": vaes[vae], "splits": list(splits), "dtype": dtype,
                "scaling": "z * scaling_factor (no shift), as MMFace-DiT's loader expects", "missing": missing,
                "written": result.written, "skipped": dict(result.skipped),
                "zero_filled": dict(result.zero_filled)}

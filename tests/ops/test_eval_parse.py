@@ -59,6 +59,7 @@ def hand_made(tmp_path):
 
 def test_hand_made_perturbation_scores(hand_made):
     s = evaluate(hand_made, {"pred": hand_made / "masks"})["sources"]["pred"]
+    assert s["folder"] == "masks"  # relative to the run: the report reads the same wherever the run lives
     # background: TP 3, FP 1 (the nose pixel), FN 1 -> 3/5; skin: TP 23, FP 1, FN 1 -> 23/25;
     # nose: TP 3, FN 1 -> 3/4; hair: predicted once, never true -> 0/1
     iou = {"background": 3 / 5, "skin": 23 / 25, "nose": 3 / 4, "hair": 0.0}

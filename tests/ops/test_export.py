@@ -85,6 +85,8 @@ def test_export_writes_what_the_mmface_dit_loader_reads(sharded, tmp_path):
         assert lines == captions_for(key)
     summary = json.loads((tmp_path / "root" / "shardtest" / "export.json").read_text())
     assert summary["skipped"] == {"no_captions": 1, "no_mask": 1, "no_sketch": 1} and summary["vae"] == "flux"
+    assert (tmp_path / "root" / "shardtest" / summary["source"]).resolve() == sharded.resolve()  # relative
+    assert str(tmp_path) not in json.dumps(summary)  # no absolute local path
 
 
 def test_export_zero_fills_a_missing_condition_when_asked(sharded, tmp_path):
