@@ -14,6 +14,8 @@ plus the upstream ledgers the shard stage reads (`captions/final` with ten capti
             rows per key; `captions/clean` is the raw ledger's parts, hard-linked)
   shard     the shard stage's input assembly (`ShardStage.inputs`: index, four upstream ledgers)
   compact   folding the ledger plus ten parts that rewrite 1% of the keys each (on a copy)
+  faces     the index as every stage after `faces` reads it (`StageContext.index()`: one row per kept
+            face; a sibling fixture `nN-faces` with the same index and a faces ledger, one face per photo)
 Prints seconds, µs per key, peak RSS and its growth over the process's import baseline per key, and
 the per-key time against the smallest size's (flat is the target: 1.0x).
 
@@ -51,7 +53,7 @@ from pipeline.core.config import StageConfig  # noqa: E402
 from pipeline.core.stage import Stage  # noqa: E402
 
 SHAPES = {"ingest-sized": ("bench_scale_one", 1), "caption-sized": ("bench_scale_ten", 10)}
-OPS = ["pending", "noop", "status", "clean", "refine", "shard", "compact"]
+OPS = ["pending", "noop", "status", "clean", "refine", "shard", "compact", "faces"]
 CHUNK = 200_000  # keys per generated part: fixtures are written in bounded pieces too
 
 
@@ -148,6 +150,30 @@ def build(work: Path, n: int) -> Path:
     return out
 
 
+def build_faces(out: Path) -> Path:
+    """`out`'s index (hard-linked) with a faces ledger keeping one aligned face per photo (built once)."""
+    from pipeline.core.ledger import Ledger
+
+    faces = out.parent / f"{out.name}-faces"
+    if (faces / ".complete").exists():
+        return faces
+    shutil.rmtree(faces, ignore_errors=True)
+    faces.mkdir(parents=True)
+    os.link(out / "index.parquet", faces / "index.parquet")
+    ledger = Ledger(faces, "faces")
+    for batch in pq.ParquetFile(out / "index.parquet").iter_batches(CHUNK, columns=["key", "sha256", "split"]):
+        keys, m = batch.column("key"), batch.num_rows
+        ledger.write(pa.table({
+            "key": keys, "status": pa.array(["ok"] * m), "error": pa.array([""] * m), "_fp": batch.column("sha256"),
+            "face_key": pc.binary_join_element_wise(keys, "#0", ""),
+            "aligned": pc.binary_join_element_wise("faces/", keys, "_0.png", ""),
+            "aligned_sha256": batch.column("sha256"), "size": pa.array(np.full(m, 512, np.int32)),
+            "split": batch.column("split")}))
+    ledger.compact()
+    (faces / ".complete").write_text("faces\n")
+    return faces
+
+
 def _clean_ledger(out: Path) -> None:
     """`captions/clean` as hard links to `captions/raw`'s parts (the columns refine reads are there)."""
     clean, raw = out / "captions" / "clean", out / "captions" / "raw"
@@ -231,6 +257,8 @@ def one(op: str, out: Path, stage: str, n: int) -> dict[str, Any]:
         assert table.num_rows == n
     elif op == "compact":
         led.compact()
+    elif op == "faces":
+        assert ctx.index().num_rows == n
     seconds = time.perf_counter() - t0
     if copy is not None:
         shutil.rmtree(copy, ignore_errors=True)
@@ -264,9 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             for shape, (stage, _) in SHAPES.items():
                 if shape not in args.shapes:
                     continue
-                if op in ("shard", "clean", "refine") and shape != "ingest-sized":
+                if op in ("shard", "clean", "refine", "faces") and shape != "ingest-sized":
                     continue  # these read the same upstream ledgers whatever the shape
-                proc = subprocess.run([sys.executable, __file__, "--one", op, str(out), stage, str(n)],
+                where = build_faces(out) if op == "faces" else out
+                proc = subprocess.run([sys.executable, __file__, "--one", op, str(where), stage, str(n)],
                                       capture_output=True, text=True, env=env, timeout=6 * 3600)
                 if proc.returncode:
                     print(f"{op} {shape} {n}: failed\n{proc.stderr[-2000:]}", file=sys.stderr, flush=True)
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 per_key = r["seconds"] / n
                 ref = first.setdefault((op, shape), per_key)
-                name = op if op in ("shard", "clean", "refine") else shape
+                name = op if op in ("shard", "clean", "refine", "faces") else shape
                 print(f"{op:<10}{name:<15}{n:>12,}{r['seconds']:>10.2f}{1e6 * per_key:>9.2f}"
                       f"{r['peak_rss'] / 1e6:>8.0f}MB{(r['peak_rss'] - r['base_rss']) / n:>8,.0f}"
                       f"{per_key / ref:>9.2f}x", flush=True)

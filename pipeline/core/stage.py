@@ -140,20 +140,31 @@ def error_row(key: str, status: str, error: str) -> dict[str, str]:
 def effective_index(index: pa.Table, faces: pa.Table) -> pa.Table:
     """The index once `faces` ran: one row per kept face (status ok), its aligned crop as `path` (with
     that file's sha256 and size), the split faces chose, `photo_key` naming the photo it came from.
-    Photos faces dropped (no face, too small, near-duplicate, ...) are not in it."""
+    Photos faces dropped (no face, too small, near-duplicate, ...) are not in it. Arrow lookups and
+    takes only (every stage's inputs and `status` read it): no Python object per photo or face."""
+    def given(a):  # a non-empty string (or a non-null value)
+        return pc.fill_null(pc.not_equal(a, "") if pa.types.is_string(a.type) else pc.is_valid(a), False)
+
     faces = faces.filter(pc.equal(faces["status"], OK))
-    rows = {r["key"]: r for r in index.to_pylist()}
-    out = []
-    for f in faces.to_pylist():
-        base = rows.get(f["key"])
-        if base is None or not f.get("aligned"):
-            continue
-        row = dict(base)
-        row.update(key=f["face_key"], path=f["aligned"], photo_key=f["key"])
-        if f.get("aligned_sha256"):
-            row.update(sha256=f["aligned_sha256"], width=f["size"], height=f["size"])
-        if f.get("split") and "split" in row:
-            row["split"] = f["split"]
-        out.append(row)
-    schema = index.schema.append(pa.field("photo_key", pa.string()))
-    return pa.Table.from_pylist(sorted(out, key=lambda r: r["key"]), schema=schema)
+    pos = pc.index_in(faces["key"], value_set=index["key"])
+    faces = faces.filter(pc.and_(pc.is_valid(pos), given(faces["aligned"])))
+    out = index.take(pc.index_in(faces["key"], value_set=index["key"]))
+
+    def put(name: str, values, where=None) -> None:
+        nonlocal out
+        if name not in out.column_names:
+            return
+        col = out[name]
+        values = pc.cast(values, col.type)
+        out = out.set_column(out.schema.get_field_index(name), out.schema.field(name),
+                             values if where is None else pc.if_else(where, values, col))
+
+    put("key", faces["face_key"])
+    put("path", faces["aligned"])
+    crop = given(faces["aligned_sha256"])
+    put("sha256", faces["aligned_sha256"], crop)
+    put("width", faces["size"], crop)
+    put("height", faces["size"], crop)
+    put("split", faces["split"], given(faces["split"]))
+    out = out.append_column(pa.field("photo_key", pa.string()), pc.cast(faces["key"], pa.string()))
+    return out.take(pc.sort_indices(out["key"]))
