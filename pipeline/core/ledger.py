@@ -478,3 +478,58 @@ DONE_SCHEMA = pa.schema([("key", pa.string()), ("_fp", pa.string()), ("n_ok", pa
 def _empty(columns: list[str]) -> pa.Table:
     return pa.table({c: pa.array([], BASE_SCHEMA.field(c).type if c in BASE_SCHEMA.names else pa.string())
                      for c in columns})
+
+
+def hash64(values) -> np.ndarray:
+    """A 64-bit hash of each string (blake2b), as uint64; Python strings for 65,536 values at a time."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return np.concatenate([hash64(values.slice(lo, 1 << 16).to_pylist()) for lo in range(0, len(values), 1 << 16)]
+                              or [np.zeros(0, np.uint64)])
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
+                        for v in values), np.uint64, len(values))
+
+
+class DigestIndex:
+    """A ledger's ok rows found by a digest column (`_fp`, a cache key), with no Python object per row:
+    the digests' 64-bit hashes sorted, beside each row's position in `owners` (key, part): 12 bytes a
+    row and the key column once. `get` reads the candidate rows per batch from their parts (`BatchRows`) and compares the whole
+    digest, so a hash collision is never a hit. The stage caches (an identical input reuses its row)
+    use it; it replaces dicts of every row, which at ten million keys did not fit in memory.
+    """
+
+    def __init__(self, out: Path, rel: str, column: str, columns: list[str]):
+        self.column = column
+        ledger = Ledger(out, rel)
+        owners = ledger.owners()
+        t = ledger.read(["key", "status", column]) if owners.num_rows else None
+        if t is None or column not in t.column_names:
+            t = pa.table({"key": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                          column: pa.array([], pa.string())})
+        t = t.filter(pc.and_(pc.equal(t["status"], OK), pc.is_valid(t[column])))
+        h = hash64(t[column])
+        order = np.argsort(h, kind="stable")
+        self.hashes = h[order]
+        self.owner = pc.index_in(t["key"], value_set=owners["key"]).to_numpy(zero_copy_only=False)[order]
+        self.owner = self.owner.astype(np.int32 if len(owners) < 2**31 else np.int64)
+        self.keys, self.parts = owners["key"], owners["_part"].to_numpy(zero_copy_only=False)
+        self.reader = BatchRows(out, rel, list(dict.fromkeys(["status", column, *columns])))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def get(self, digests: list[str]) -> list[dict | None]:
+        """For each digest, an ok row with exactly that digest (a dict of the columns), or None."""
+        if not len(self.hashes) or not digests:
+            return [None] * len(digests)
+        q = hash64(digests)
+        lo, hi = np.searchsorted(self.hashes, q, "left"), np.searchsorted(self.hashes, q, "right")
+        owners = sorted({int(o) for a, b in zip(lo, hi, strict=True) for o in self.owner[a:b]})
+        if not owners:
+            return [None] * len(digests)
+        keys = self.keys.take(pa.array(owners)).to_pylist()
+        try:
+            rows = self.reader.rows(keys, [int(self.parts[o]) for o in owners])
+        except ValueError:  # the ledger was compacted or repaired under us: a cache, so no hit
+            return [None] * len(digests)
+        found = {r[self.column]: r for key in keys for r in rows.get(key, []) if r["status"] == OK}
+        return [found.get(d) for d in digests]

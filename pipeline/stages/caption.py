@@ -19,17 +19,17 @@ not the images': the run stops with that one reason and records none of them, so
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core.config import StageConfig, fingerprint, loading_model, model_ref, must_exist, volatile
 from pipeline.core.identity import digest, model_revision
-from pipeline.core.ledger import OK, atomic_write_bytes
+from pipeline.core.ledger import OK, DigestIndex, atomic_write_bytes
 from pipeline.core.stage import Stage, StageContext
 from pipeline.data.images import load_rgb
 from pipeline.engines import Request, Result, SamplingParams, make_engine
@@ -105,6 +105,7 @@ class CaptionStage(Stage):
     ])
     version: ClassVar[str] = "1"
     CACHED = ("text", "prompt_tokens", "output_tokens", "finish_reason")
+    RECENT: ClassVar[int] = 4096  # answers of this run kept for the same image bytes in a later batch
     # Failures that say nothing about the image: when every key of a batch gets the same one, the model or
     # the engine is wrong for the whole stage, and the runner stops instead of recording them (runner.py).
     stage_wide_failures: ClassVar[tuple[str, ...]] = ("engine_error", "out_of_memory")
@@ -123,22 +124,24 @@ class CaptionStage(Stage):
         # A local folder is identified by its content hash, not where it sits: moving it keeps the cache.
         local = Path(self.engine.model_id).is_dir()
         self.model_key = Path(self.engine.model_id).name if local else self.engine.model_id
-        self.cache = self._load_cache()
+        # The cache: ok ledger rows by cache key, read per batch (DigestIndex: 12 bytes a row, no text held),
+        # and the answers generated in this run, the last RECENT of them (the same image bytes again).
+        rel = ctx.ledger("caption").dir.relative_to(ctx.out).as_posix()
+        self.cache = DigestIndex(ctx.out, rel, "cache_key", list(self.CACHED))
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def _load_cache(self) -> dict[str, Any]:
-        """cache_key -> row of the ok ledger rows; texts stay in Arrow (a million captions, little RAM)."""
-        t = self.ctx.ledger("caption").read(["status", "cache_key", *self.CACHED])
-        if "cache_key" not in t.column_names or not t.num_rows:
-            return {}
-        t = t.filter(pc.equal(t["status"], OK)).combine_chunks()
-        self._cached = {c: t[c] for c in self.CACHED}
-        return {k: i for i, k in enumerate(t["cache_key"].to_pylist())}
+    def _lookup(self, cks: list[str]) -> list[dict[str, Any] | None]:
+        found = [self.recent.get(ck) for ck in cks]
+        stored = self.cache.get([ck for ck, hit in zip(cks, found, strict=True) if hit is None])
+        it = iter(stored)
+        return [hit if hit is not None else (None if (row := next(it)) is None else
+                                             {c: row[c] for c in self.CACHED}) for hit in found]
 
-    def _lookup(self, ck: str) -> dict[str, Any] | None:
-        hit = self.cache.get(ck)
-        if hit is None or isinstance(hit, dict):  # a dict: generated earlier in this run
-            return hit
-        return {c: self._cached[c][hit].as_py() for c in self.CACHED}
+    def _remember(self, ck: str, values: dict[str, Any]) -> None:
+        self.recent[ck] = values
+        self.recent.move_to_end(ck)
+        if len(self.recent) > self.RECENT:
+            self.recent.popitem(last=False)
 
     @classmethod
     def fingerprint(cls, cfg: CaptionConfig) -> str:
@@ -167,12 +170,14 @@ class CaptionStage(Stage):
         requests: list[Request] = []
         slots: list[tuple[int, int]] = []  # (output row, request index): one request per distinct cache key
         asked: dict[str, int] = {}
-        for key, sha, path in zip(batch["key"], batch["sha256"], batch["path"], strict=True):
+        samplings = [sampling_for(self.cfg, p) for p in self.prompts]
+        cks = [[cache_key(str(sha), p, self.model_key, self.engine.revision, sp, self.cfg.max_tiles)
+                for p, sp in zip(self.prompts, samplings, strict=True)] for sha in batch["sha256"]]
+        hits = iter(self._lookup([ck for row in cks for ck in row]))
+        for key, path, row_cks in zip(batch["key"], batch["path"], cks, strict=True):
             todo = []
-            for p in self.prompts:
-                sp = sampling_for(self.cfg, p)
-                ck = cache_key(str(sha), p, self.model_key, self.engine.revision, sp, self.cfg.max_tiles)
-                hit = self._lookup(ck)
+            for p, sp, ck in zip(self.prompts, samplings, row_cks, strict=True):
+                hit = next(hits)
                 self._row(out, str(key), p, ck, hit)
                 if hit is None and ck in asked:
                     slots.append((len(out["key"]) - 1, asked[ck]))  # same image bytes twice in a batch
@@ -198,7 +203,7 @@ class CaptionStage(Stage):
             for row, i in slots:
                 self._fill(out, row, results[i])
                 if out["status"][row] == OK:
-                    self.cache[out["cache_key"][row]] = {c: out[c][row] for c in self.CACHED}
+                    self._remember(out["cache_key"][row], {c: out[c][row] for c in self.CACHED})
             engine_stats.record(self.engine, self.ctx.out / "captions")
         return out
 

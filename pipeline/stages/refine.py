@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.config import ConfigError, StageConfig, fingerprint, model_ref, models_hint, volatile
-from pipeline.core.ledger import OK, BatchRows, Ledger, string_table
+from pipeline.core.ledger import OK, BatchRows, DigestIndex, Ledger, string_table
 from pipeline.core.stage import Stage, StageContext
 from pipeline.engines import Request, Result, SamplingParams, make_engine
 from pipeline.engines import stats as engine_stats
@@ -190,8 +190,10 @@ class RefineStage(Stage):
                               f"{models_hint(cfg.model)}") from e
         self.guided = bool(getattr(self.engine, "supports_json_schema", False))
         self.reader = RefineInputs(ctx.out, cfg)
-        done = ctx.ledger("refine").read()  # the cache: an identical input (same _fp) reuses its row
-        self.cache = {r["_fp"]: r for r in done.to_pylist() if r["status"] == OK} if done.num_rows else {}
+        # the cache: an identical input (same _fp, another key's) reuses its row, read per batch
+        rel = ctx.ledger("refine").dir.relative_to(ctx.out).as_posix()
+        self.cache = DigestIndex(ctx.out, rel, "_fp",
+                                 ["captions", "provenance", "clip_tokens", "flags", "audit"])
 
     @classmethod
     def fingerprint(cls, cfg: RefineConfig) -> str:
@@ -236,8 +238,8 @@ class RefineStage(Stage):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {n: [] for n in ("key", "status", "error", *self.schema.names)}
         states, todo = [], []
-        for i, (key, fp) in enumerate(zip(batch["key"], batch["_fp"], strict=True)):
-            hit = self.cache.get(str(fp))
+        hits = self.cache.get([str(fp) for fp in batch["_fp"]])
+        for i, (key, hit) in enumerate(zip(batch["key"], hits, strict=True)):
             if hit is not None:
                 self._emit(out, str(key), OK, "", (hit["captions"], hit["provenance"], hit["clip_tokens"], hit["flags"]),
                            hit["audit"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 
-from pipeline.core.ledger import BASE_SCHEMA, Ledger, part_sha
+from pipeline.core import ledger as ledger_mod
+from pipeline.core.ledger import BASE_SCHEMA, DigestIndex, Ledger, part_sha
 
 
 def part(rows: list[tuple[str, str, str]]) -> pa.Table:
@@ -171,3 +173,26 @@ def test_rows_by_key_yields_each_keys_rows_in_order_one_chunk_at_a_time():
                          ("key", "n"), chunk=2)
     assert table.to_pylist() == [{"key": "a", "n": "2"}, {"key": "b", "n": "2"}, {"key": "c", "n": "1"}]
     assert string_table(iter(()), ("key",)).num_rows == 0
+
+
+def caption_rows(key: str, texts: list[str], status: str = "ok") -> pa.Table:
+    n = len(texts)
+    return pa.table({"key": [key] * n, "status": [status] * n, "error": [""] * n, "_fp": ["f"] * n,
+                     "cache_key": [f"{key}:{t}" for t in texts], "text": texts})
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_digest_index_finds_the_current_ok_row_by_its_whole_digest(tmp_path, monkeypatch, collide):
+    if collide:  # every digest hashes alike: only the whole-digest comparison tells rows apart
+        monkeypatch.setattr(ledger_mod, "hash64", lambda v: np.zeros(len(v), np.uint64))
+    led = Ledger(tmp_path, "captions/raw")
+    led.write(caption_rows("a", ["one", "two"]))
+    led.write(caption_rows("b", ["old"]))
+    led.write(caption_rows("b", ["new", "bad"]).set_column(1, "status", pa.array(["ok", "engine_error"])))
+    led.write(caption_rows("c", ["x"], status="decode_error"))
+    index = DigestIndex(tmp_path, "captions/raw", "cache_key", ["text"])
+    assert len(index) == 3  # a:one, a:two, b:new (b:old is superseded, failures are never hits)
+    got = index.get(["b:new", "a:two", "b:old", "b:bad", "c:x", "zzz", "a:one"])
+    assert [None if g is None else g["text"] for g in got] == ["new", "two", None, None, None, None, "one"]
+    assert index.hashes.nbytes + index.owner.nbytes == 12 * len(index)  # no Python object per row
+    assert DigestIndex(tmp_path, "nothing/here", "cache_key", ["text"]).get(["a:one"]) == [None]
