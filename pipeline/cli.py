@@ -479,6 +479,8 @@ def run_cli(args: list[str]) -> int:
 
     # Our own progress bars and summaries speak for each stage; library download/loading bars are noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before (a caller in-process): it read the variable then
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         code = typer.main.get_command(app).main(args=args, prog_name="facecurate", standalone_mode=False)
     except click.UsageError as e:
