@@ -10,6 +10,11 @@ Per image (the `max_images` with the most problems first): its thumbnail, raw ->
 captions, every rejected candidate with its reason, the slot votes, the disputes and the evidence;
 the page sorts by problems, rejections or key. Every count is listed most common first with ties by
 name (never by set or ledger order), so a rerun on the same ledgers writes the same bytes.
+
+The ledgers are read one part at a time and summed with Arrow (flags are parsed once per distinct value,
+not per row), so memory is one part whatever the run's size; slot coverage reads the captions of every
+image up to 100,000 and, above that, of the images whose key hash falls in the first 100,000/N of the
+range (`coverage_sample` then says how many): the fact reader costs ~40 µs a caption.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.core.ledger import OK, Ledger, atomic_write_bytes
+from pipeline.core.ledger import OK, Ledger, atomic_write_bytes, hash64
 from pipeline.reports.html_kit import CSS, kv_table, thumb
 from pipeline.text.judge import close
 from pipeline.text.tokens import CONTEXT_LENGTH
@@ -43,112 +48,220 @@ def ranked(c: Counter | dict, n: int | None = None) -> dict[str, int]:
     return dict(sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n])
 
 
+def _keys_array(keys) -> pa.Array | None:
+    if keys is None:
+        return None
+    if isinstance(keys, (pa.Array, pa.ChunkedArray)):
+        return keys
+    return pa.array(sorted(keys), pa.string())
+
+
+LISTS = {"captions": pa.string(), "provenance": pa.string(), "clip_tokens": pa.int32(), "flags": pa.string(),
+         "rules_applied": pa.string()}
+
+
+def _parts(out: Path, rel: str, columns: list[str], keys: pa.Array | None = None):
+    """A ledger's resolved rows one part at a time (only `keys`' rows when given): memory is one part.
+    A column a part was written without is nulls of its type."""
+    for _, t in Ledger(out, rel).iter_resolved(columns):
+        if keys is not None:
+            t = t.filter(pc.is_in(t["key"], value_set=keys))
+        for name in columns:
+            kind = pa.list_(LISTS[name]) if name in LISTS else pa.string()
+            if name not in t.column_names:
+                t = t.append_column(name, pa.nulls(t.num_rows, kind))
+            elif pa.types.is_null(t[name].type):
+                t = t.set_column(t.schema.get_field_index(name), name, pa.nulls(t.num_rows, kind))
+        if t.num_rows:
+            yield t
+
+
 def clean_counts(out: Any) -> dict[str, Any]:
     """Headline numbers of a clean ledger: rows per status, trimmed share, rule frequencies."""
-    t = Ledger(out, "captions/clean").read(["status", "trimmed", "rules_applied"])
-    if not t.num_rows:
+    rows = ok = trimmed = 0
+    status: Counter = Counter()
+    rules: Counter = Counter()
+    for t in _parts(Path(out), "captions/clean", ["status", "trimmed", "rules_applied"]):
+        rows += t.num_rows
+        status.update(_value_counts(t["status"]))
+        good = t.filter(pc.equal(t["status"], OK))
+        ok += good.num_rows
+        trimmed += int(pc.sum(good["trimmed"]).as_py() or 0)
+        rules.update(_value_counts(pc.list_flatten(t["rules_applied"])))
+    if not rows:
         return {"rows": 0}
-    ok = t.filter(pc.equal(t["status"], OK))
-    rules: dict[str, int] = {}
-    for lst in t["rules_applied"].to_pylist():
-        for r in lst or []:
-            rules[r] = rules.get(r, 0) + 1
-    return {"rows": t.num_rows, "ok": ok.num_rows,
-            "by_status": ranked({d["values"]: d["counts"] for d in pc.value_counts(t["status"]).to_pylist()}),
-            "trimmed": int(pc.sum(ok["trimmed"]).as_py() or 0),
-            "rules": ranked(rules)}
+    return {"rows": rows, "ok": ok, "by_status": ranked(status), "trimmed": trimmed, "rules": ranked(rules)}
 
 
-def _final_rows(out: Path, keys: set[str] | None) -> list[dict[str, Any]]:
-    t = Ledger(out, "captions/final").read(["key", "status", "captions", "provenance", "clip_tokens", "flags", "audit"])
-    if keys is not None and t.num_rows:
-        t = t.filter(pc.is_in(t["key"], value_set=pa.array(sorted(keys), pa.string())))
-    return sorted(t.to_pylist(), key=lambda r: r["key"])
+def _value_counts(a) -> dict[Any, int]:
+    if not len(a):
+        return {}
+    vc = pc.value_counts(a)
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
+
+
+def flag_score(f: str) -> int:
+    """How much one flag asks a reviewer to look: contradictions most, then fallbacks, then rejections."""
+    if f.startswith(("contradiction:", "mask_contradiction")):
+        return 10
+    if f.startswith(("fallback", "too_few_captions")):
+        return 5
+    if f.startswith("dropped_contradicting="):
+        return 3 * int(f.split("=")[1])
+    if f.startswith("rejected:"):
+        return int(f.partition("=")[2] or 1)  # as the report counts them: `rejected:REASON=N`, N 1 if left out
+    return 0
 
 
 def problems(row: dict[str, Any]) -> int:
-    """How much a reviewer should look at an image: contradictions weigh most, then fallbacks, then rejections."""
-    score = 0
-    for f in row.get("flags") or []:
-        if f.startswith(("contradiction:", "mask_contradiction")):
-            score += 10
-        elif f.startswith(("fallback", "too_few_captions")):
-            score += 5
-        elif f.startswith("dropped_contradicting="):
-            score += 3 * int(f.split("=")[1])
-        elif f.startswith("rejected:"):
-            score += int(f.split("=")[1])
-    return score
+    """How much a reviewer should look at an image (the sum of its flags' `flag_score`)."""
+    return sum(flag_score(f) for f in row.get("flags") or [])
 
 
-def build_report(out: Path, keys: set[str] | None = None, want: int = 10) -> dict[str, Any]:
+COVERAGE_SAMPLE = 100_000  # images whose captions are read for slot coverage (every image up to this many)
+FINAL_COLUMNS = ["status", "captions", "provenance", "clip_tokens", "flags", "audit"]
+
+
+def _per_row(flags: pa.ChunkedArray | pa.Array, n: int, test) -> np.ndarray:
+    """For each row of a list<string> column: whether any of its values passes `test` (on a value)."""
+    flat = pc.list_flatten(flags)
+    if not len(flat):
+        return np.zeros(n, bool)
+    values = pc.unique(flat).to_pylist()
+    passing = pa.array([v for v in values if test(v)], pa.string())
+    hit = pc.is_in(flat, value_set=passing).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(flags).to_numpy(zero_copy_only=False)
+    return np.bincount(parents[hit], minlength=n) > 0
+
+
+def _scores(flags: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
+    """Each row's `problems` score, from the score of each distinct flag (no Python object per row)."""
+    flat = pc.list_flatten(flags)
+    if not len(flat):
+        return np.zeros(n, np.int64)
+    values = pc.unique(flat)
+    score = np.array([flag_score(v) for v in values.to_pylist()], np.int64)
+    per = score[pc.index_in(flat, value_set=values).to_numpy(zero_copy_only=False)]
+    return np.bincount(pc.list_parent_indices(flags).to_numpy(zero_copy_only=False), weights=per,
+                       minlength=n).astype(np.int64)
+
+
+def _scan(out: Path, keys: pa.Array | None, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One pass over the final ledger, one part at a time: the sums the report is made of, and the `limit`
+    ok rows with the most problems (ties by key) for the per-image detail."""
+    ok_total = sum(int(pc.sum(pc.equal(t["status"], OK)).as_py() or 0)
+                   for t in _parts(out, "captions/final", ["status"], keys))
+    rate = min(1.0, COVERAGE_SAMPLE / ok_total) if ok_total else 1.0
+    s: dict[str, Any] = {"images": 0, "ok": 0, "status": Counter(), "n_caps": Counter(), "prov": Counter(),
+                         "hist": np.zeros(CONTEXT_LENGTH + 1, np.int64), "tok_max": 0, "tok_sum": 0, "tok_n": 0,
+                         "over": 0, "flag_values": Counter(), "disputed": 0, "grades": Counter(),
+                         "contradicted": 0, "mask_contradicted": 0, "coverage": Counter(), "covered": 0,
+                         "values": {slot: Counter() for slot in COVERAGE_SLOTS}}
+    best: pa.Table | None = None
+    for t in _parts(out, "captions/final", FINAL_COLUMNS, keys):
+        s["images"] += t.num_rows
+        s["status"].update(_value_counts(t["status"]))
+        t = t.filter(pc.equal(t["status"], OK)).combine_chunks()
+        n = t.num_rows
+        if not n:
+            continue
+        s["ok"] += n
+        s["n_caps"].update(_value_counts(pc.fill_null(pc.list_value_length(t["captions"]), 0)))
+        prov = pc.fill_null(pc.list_flatten(t["provenance"]), "")
+        s["prov"].update(_value_counts(pc.list_element(pc.split_pattern(prov, ":", max_splits=1), 0)))
+        tokens = pc.list_flatten(t["clip_tokens"]).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(tokens):
+            h = np.bincount(tokens, minlength=CONTEXT_LENGTH + 1)  # longer where a caption is over budget
+            if len(h) > len(s["hist"]):
+                s["hist"] = np.pad(s["hist"], (0, len(h) - len(s["hist"])))
+            s["hist"][:len(h)] += h
+            s["tok_max"] = max(s["tok_max"], int(tokens.max()))
+            s["tok_sum"] += int(tokens.sum())
+            s["tok_n"] += len(tokens)
+            s["over"] += int((tokens > CONTEXT_LENGTH).sum())
+        s["flag_values"].update(_value_counts(pc.list_flatten(t["flags"])))
+        s["contradicted"] += int(_per_row(t["flags"], n, lambda f: f.startswith("contradiction:")).sum())
+        s["mask_contradicted"] += int(_per_row(t["flags"], n, lambda f: f.startswith("mask_contradiction:")).sum())
+        for lo in range(0, n, 1 << 14):
+            for audit in t["audit"].slice(lo, 1 << 14).to_pylist():
+                audit = json.loads(audit or "{}")
+                s["disputed"] += bool(audit.get("disputes"))
+                for e in (audit.get("evidence") or {}).values():
+                    s["grades"][f"{e.get('grade')}:{e.get('state')}"] += 1
+        sample = t if rate >= 1 else t.filter(pa.array(hash64(t["key"]) < np.uint64(rate * 2.0 ** 64)))
+        for lo in range(0, sample.num_rows, 1 << 12):
+            for caps in sample["captions"].slice(lo, 1 << 12).to_pylist():
+                stated: set[str] = set()
+                for text in caps or []:
+                    stated |= close(text)[0]
+                for f in stated:
+                    slot, _, v = f.partition(":")
+                    if slot in s["values"] and v != "any":
+                        s["values"][slot][v] += 1
+                for slot in {f.split(":", 1)[0] for f in stated}:
+                    s["coverage"][slot] += 1
+                s["covered"] += 1
+        ranked_rows = t.append_column("_score", pa.array(_scores(t["flags"], n)))
+        best = ranked_rows if best is None else pa.concat_tables([best, ranked_rows], promote_options="permissive")
+        best = best.take(pc.sort_indices(best, [("_score", "descending"), ("key", "ascending")])[:limit])
+    rows = [] if best is None else best.drop_columns(["_score"]).to_pylist()
+    return s, rows
+
+
+def build_report(out: Path, keys: pa.Array | pa.ChunkedArray | set[str] | None = None,
+                 want: int = 10) -> dict[str, Any]:
     """Every number of the report, from the clean and final ledgers (`keys`: restrict to these)."""
-    rows = _final_rows(Path(out), keys)
-    ok = [r for r in rows if r["status"] == OK]
-    n_caps = [len(r["captions"] or []) for r in ok]
-    tokens = [n for r in ok for n in (r["clip_tokens"] or [])]
-    prov = Counter((p or "").split(":", 1)[0] for r in ok for p in (r["provenance"] or []))
+    return _report(Path(out), _scan(Path(out), _keys_array(keys), 0)[0], want)
+
+
+def _report(out: Path, s: dict[str, Any], want: int) -> dict[str, Any]:
     flags: Counter = Counter()
     rejected: Counter = Counter()
     mask_items: Counter = Counter()
     slots_contradicted: Counter = Counter()
-    grades: Counter = Counter()
-    disputed = dropped = 0
-    for r in ok:
-        for f in r["flags"] or []:
-            if f.startswith("rejected:"):
-                reason, _, n = f[len("rejected:"):].partition("=")
-                rejected[reason] += int(n or 1)
-            elif f.startswith("mask_contradiction:"):
-                mask_items[f.split(":", 1)[1].split("@")[0]] += 1
-            elif f.startswith("contradiction:"):
-                slots_contradicted[f.split(":", 1)[1].split("@")[0]] += 1
-            elif f.startswith("dropped_contradicting="):
-                dropped += int(f.split("=")[1])
-            else:
-                flags[f.split("=")[0]] += 1
-        audit = json.loads(r.get("audit") or "{}")
-        disputed += bool(audit.get("disputes"))
-        for e in (audit.get("evidence") or {}).values():
-            grades[f"{e.get('grade')}:{e.get('state')}"] += 1
-    coverage: Counter = Counter()
-    values: dict[str, Counter] = {s: Counter() for s in COVERAGE_SLOTS}
-    for r in ok:
-        stated: set[str] = set()
-        for text in r["captions"] or []:
-            stated |= close(text)[0]
-        for f in stated:
-            slot, _, v = f.partition(":")
-            if slot in values and v != "any":
-                values[slot][v] += 1
-        for slot in {f.split(":", 1)[0] for f in stated}:
-            coverage[slot] += 1
-    n = max(len(ok), 1)
-    hist = np.bincount(np.asarray(tokens, int), minlength=CONTEXT_LENGTH + 1).tolist() if tokens else []
-    return {
-        "images": len(rows), "ok": len(ok), "by_status": ranked(Counter(r["status"] for r in rows)),
-        "captions": int(sum(n_caps)), "captions_per_image": dict(sorted(Counter(n_caps).items())),
-        "want": want, "images_with_all": sum(c >= want for c in n_caps),
-        "mean_captions": round(float(np.mean(n_caps)), 2) if n_caps else 0.0,
-        "provenance": ranked(prov), "tokens": {
-            "max": max(tokens, default=0), "mean": round(float(np.mean(tokens)), 1) if tokens else 0.0,
-            "over_budget": sum(t > CONTEXT_LENGTH for t in tokens), "histogram": hist},
-        "trimmed_in_refine": sum(int(f.split("=")[1]) for r in ok for f in r["flags"] or [] if f.startswith("trimmed=")),
+    dropped = trimmed = 0
+    for f, count in s["flag_values"].items():
+        if f.startswith("rejected:"):
+            reason, _, n = f[len("rejected:"):].partition("=")
+            rejected[reason] += int(n or 1) * count
+        elif f.startswith("mask_contradiction:"):
+            mask_items[f.split(":", 1)[1].split("@")[0]] += count
+        elif f.startswith("contradiction:"):
+            slots_contradicted[f.split(":", 1)[1].split("@")[0]] += count
+        elif f.startswith("dropped_contradicting="):
+            dropped += int(f.split("=")[1]) * count
+        else:
+            flags[f.split("=")[0]] += count
+        if f.startswith("trimmed="):
+            trimmed += int(f.split("=")[1]) * count
+    ok, n_caps = s["ok"], s["n_caps"]
+    captions = sum(c * k for c, k in n_caps.items())
+    covered = max(s["covered"], 1)
+    report = {
+        "images": s["images"], "ok": ok, "by_status": ranked(s["status"]),
+        "captions": int(captions), "captions_per_image": dict(sorted(n_caps.items())),
+        "want": want, "images_with_all": sum(k for c, k in n_caps.items() if c >= want),
+        "mean_captions": round(captions / ok, 2) if ok else 0.0,
+        "provenance": ranked(s["prov"]), "tokens": {
+            "max": s["tok_max"], "mean": round(s["tok_sum"] / s["tok_n"], 1) if s["tok_n"] else 0.0,
+            "over_budget": s["over"], "histogram": s["hist"].tolist() if s["tok_n"] else []},
+        "trimmed_in_refine": trimmed,
         "flags": ranked(flags), "rejections": ranked(rejected),
-        "consistency": {"images_with_disputes": disputed, "minority_captions_dropped": dropped,
+        "consistency": {"images_with_disputes": s["disputed"], "minority_captions_dropped": dropped,
                         "contradictions_left": sum(slots_contradicted.values()),
                         "contradictions_by_slot": ranked(slots_contradicted),
-                        "images_with_contradiction": sum(any(f.startswith("contradiction:") for f in r["flags"] or [])
-                                                         for r in ok)},
-        "mask": {"images_with_evidence": len(ok) - flags.get("no_mask_evidence", 0),
-                 "evidence_by_grade": dict(sorted(grades.items())),
+                        "images_with_contradiction": s["contradicted"]},
+        "mask": {"images_with_evidence": ok - flags.get("no_mask_evidence", 0),
+                 "evidence_by_grade": dict(sorted(s["grades"].items())),
                  "contradictions": ranked(mask_items),
-                 "images_with_contradiction": sum(any(f.startswith("mask_contradiction:") for f in r["flags"] or [])
-                                                  for r in ok)},
-        "coverage": {s: round(coverage[s] / n, 3) for s in COVERAGE_SLOTS},
-        "top_values": {s: ranked(values[s], 5) for s in COVERAGE_SLOTS},
+                 "images_with_contradiction": s["mask_contradicted"]},
+        "coverage": {slot: round(s["coverage"][slot] / covered, 3) for slot in COVERAGE_SLOTS},
+        "top_values": {slot: ranked(s["values"][slot], 5) for slot in COVERAGE_SLOTS},
         "clean": clean_counts(out),
     }
+    if s["covered"] < ok:
+        report["coverage_sample"] = s["covered"]  # coverage read from this many images (by key hash)
+    return report
 
 
 def image_records(out: Path, rows: list[dict[str, Any]], limit: int = MAX_IMAGES) -> list[dict[str, Any]]:
@@ -160,11 +273,10 @@ def image_records(out: Path, rows: list[dict[str, Any]], limit: int = MAX_IMAGES
     wanted = pa.array(keys, pa.string())
 
     def by_key(name: str, cols: list[str]) -> dict[str, list[dict]]:
-        t = Ledger(out, name).read(["key", *cols])
-        t = t.filter(pc.is_in(t["key"], value_set=wanted)) if t.num_rows else t
         got: dict[str, list[dict]] = {}
-        for r in t.to_pylist():
-            got.setdefault(r["key"], []).append(r)
+        for t in _parts(out, name, ["key", *cols], wanted):
+            for r in t.to_pylist():
+                got.setdefault(r["key"], []).append(r)
         return got
 
     raw = by_key("captions/raw", ["prompt_id", "text", "status"])
@@ -204,15 +316,17 @@ def _by_prompt(c: dict[str, Any]) -> tuple[str, str]:
     return c["prompt_id"] or "", c["text"] or ""
 
 
-def write_report(out: Path, keys: set[str] | None = None, want: int = 10) -> dict[str, Any]:
+def write_report(out: Path, keys: pa.Array | pa.ChunkedArray | set[str] | None = None,
+                 want: int = 10) -> dict[str, Any]:
     """Write captions/report.json, token_lengths.png and report.html; returns the report."""
     out = Path(out)
-    report = build_report(out, keys, want)
+    stats, top = _scan(out, _keys_array(keys), MAX_IMAGES)
+    report = _report(out, stats, want)
     folder = out / REPORT_DIR
     atomic_write_bytes(folder / "report.json", json.dumps(report, indent=2, sort_keys=True).encode())
     png = _plot(report)
     atomic_write_bytes(folder / "token_lengths.png", png)
-    records = image_records(out, [r for r in _final_rows(out, keys) if r["status"] == OK])
+    records = image_records(out, top)
     atomic_write_bytes(folder / "report.html", render_html(report, records, png).encode())
     from pipeline.reports.index_page import write_index
 
@@ -331,7 +445,8 @@ def render_html(r: dict[str, Any], records: list[dict[str, Any]], png: bytes) ->
         kv_table("Mask evidence (grade:state, items)", r["mask"]["evidence_by_grade"], ("grade:state", "items")),
         kv_table("Mask contradictions by item", r["mask"]["contradictions"], ("item", "captions")),
         kv_table("Flags", r["flags"], ("flag", "images")),
-        kv_table("Slot coverage (share of images)", cov, ("slot", "images")),
+        kv_table("Slot coverage (share of images)" if "coverage_sample" not in r else
+                 f"Slot coverage (share of {r['coverage_sample']:,} images chosen by key hash)", cov, ("slot", "images")),
         kv_table("Cleaning: rows by status", c.get("by_status", {}), ("status", "rows")),
         kv_table("Cleaning: rules applied", c.get("rules", {}), ("rule", "rows")),
         "</div>",

@@ -311,7 +311,7 @@ class RefineStage(Stage):
     def finalize(cls, cfg: RefineConfig, ctx: StageContext, inputs: pa.Table | None = None) -> None:
         from pipeline.reports.caption_report import print_headline, write_report
 
-        keys = set(inputs["key"].to_pylist()) if inputs is not None else None
+        keys = inputs["key"] if inputs is not None else None  # Arrow: no Python string per key
         print_headline(write_report(ctx.out, keys, cfg.num_captions))
         merged = engine_stats.merge(ctx.out / "captions" / "refine")
         if merged:
