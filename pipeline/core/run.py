@@ -165,10 +165,10 @@ def stage_status(manifest: Manifest | None, out: Path) -> list[dict[str, Any]]:
         ledger = ctx.ledger(name)
         notes: list[str] = []
         if name == "ingest" and (out / "index.parquet").exists():
-            from collections import Counter
+            from pipeline.core.ledger import value_counts
 
             try:
-                counts = Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
+                counts = value_counts(ctx.index(["status"], ok_only=False, faces=False)["status"])
             except (OSError, pa.ArrowException) as e:
                 counts = Counter()
                 notes.append(f"index.parquet does not read ({type(e).__name__}: {e}); run `facecurate repair {out}`")

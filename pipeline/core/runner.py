@@ -38,7 +38,7 @@ from rich.text import Text
 from pipeline.core.config import ConfigError, RunnerConfig
 from pipeline.core.crashes import WORKER_DIED, WORKER_DIED_WHY, InFlight, StageFailed, find_cause
 from pipeline.core.files import atomic_write_bytes, is_disk_full, recording
-from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger
+from pipeline.core.ledger import BASE_SCHEMA, OK, Ledger, value_counts
 from pipeline.core.registry import REGISTRY, StageSpec
 from pipeline.core.stage import Stage, StageContext, row_fingerprints
 
@@ -75,7 +75,8 @@ def pending_inputs(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSpe
     stage_fp, src, step = cls.fingerprint(cfg), inputs["_src"], 1 << 16  # Python strings for one chunk
     fps = pa.chunked_array([pa.array(row_fingerprints(stage_fp, src.slice(i, step).to_pylist()), pa.string())
                             for i in range(0, len(src), step)], pa.string())
-    inputs = inputs.append_column("_fp", fps)
+    # `_src` (the input's identity, ~350 bytes a key for shard) has become `_fp` (20): it leaves the table
+    inputs = inputs.drop_columns(["_src"]).append_column("_fp", fps)
     done = ledger.lookup(inputs["key"])  # Arrow hash lookup, in the inputs' order
     same = pc.fill_null(pc.equal(done["_fp"], inputs["_fp"]), False)
     if retry_failed:
@@ -314,7 +315,7 @@ def run_stage(name: str, cfg: Any, ctx: StageContext, runner: RunnerConfig,
         writer = PartWriter(ledger, runner.flush_rows, runner.flush_seconds)
         schema = full_schema(cls)
         log = _LogLines(console, name, pending.num_rows)
-        streak = FailureStreak(name, cls, len(set(pending["key"].to_pylist())), cfg.batch_size)
+        streak = FailureStreak(name, cls, pc.count_distinct(pending["key"]).as_py(), cfg.batch_size)
         with _progress(console) as progress:
             starting = "starting workers" if runner.kind == "ray" else "loading"
             task = progress.add_task(f"{name} ({starting})", total=pending.num_rows, failed=0, first_at=None)
@@ -423,7 +424,7 @@ def finalize_digest(cls: type[Stage], cfg: Any, ctx: StageContext, spec: StageSp
 
 
 def _index_counts(ctx: StageContext) -> Counter:
-    return Counter(ctx.index(["status"], ok_only=False, faces=False)["status"].to_pylist())
+    return value_counts(ctx.index(["status"], ok_only=False, faces=False)["status"])
 
 
 def stage_threads(cfg: Any) -> int | None:

@@ -217,9 +217,14 @@ def vae_info(out: Path) -> dict[str, dict]:
     info: dict[str, dict] = {}
     cols = ["vae", "model", "subfolder", "revision", "channels", "scaling_factor", "shift_factor"]
     t = read_ledger(out, "latents", cols)
-    for r in t.to_pylist() if t is not None else []:
-        if r["status"] == OK:
-            info[r["vae"]] = {"id": r["model"], "subfolder": r["subfolder"], "revision": r["revision"],
-                              "channels": r["channels"], "scaling_factor": r["scaling_factor"],
-                              "shift_factor": r["shift_factor"]}
+    if t is None:
+        return info
+    t = t.filter(pc.equal(t["status"], OK))
+    for v in pc.unique(t["vae"]).to_pylist():  # in order of first appearance; a few VAEs, not a row per sample
+        if v is None:
+            continue
+        last = pc.indices_nonzero(pc.fill_null(pc.equal(t["vae"], v), False))[-1]
+        r = t.take(pa.array([last.as_py()], pa.int64())).to_pylist()[0]
+        info[v] = {"id": r["model"], "subfolder": r["subfolder"], "revision": r["revision"],
+                   "channels": r["channels"], "scaling_factor": r["scaling_factor"], "shift_factor": r["shift_factor"]}
     return info

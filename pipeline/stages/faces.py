@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.config import StageConfig
 from pipeline.core.ledger import OK, atomic_write_bytes
@@ -114,13 +115,17 @@ class FacesStage(Stage):
     @classmethod
     def inputs(cls, cfg: FacesConfig, ctx: StageContext, requires: tuple[str, ...] = ()) -> pa.Table:
         index = ctx.index(faces=False)
-        src = index["sha256"].cast(pa.string()).to_pylist()
+        src = pc.cast(index["sha256"], pa.string())
         done = ctx.ledger("faces").read(["key", "status", "aligned", "aligned_sha256"])
-        lost = {r["key"] for r in done.to_pylist()  # a deleted crop makes its photo pending again
-                if r["status"] == OK and r["aligned_sha256"] and not (ctx.out / r["aligned"]).is_file()}
+        crops = done.filter(pc.and_(pc.equal(done["status"], OK),
+                                    pc.fill_null(pc.not_equal(done["aligned_sha256"], ""), False)))
+        lost = [k for lo in range(0, crops.num_rows, 1 << 16)  # a deleted crop makes its photo pending again
+                for k, a in zip(*(crops[c].slice(lo, 1 << 16).to_pylist() for c in ("key", "aligned")), strict=True)
+                if not (ctx.out / a).is_file()]
         if lost:
-            src = [s + "|crop-missing" if k in lost else s for k, s in zip(index["key"].to_pylist(), src, strict=True)]
-        return index.append_column("_src", pa.array(src, pa.string()))
+            gone = pc.is_in(index["key"], value_set=pa.array(lost, pa.string()))
+            src = pc.if_else(gone, pc.binary_join_element_wise(src, "|crop-missing", ""), src)
+        return index.append_column("_src", src)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows: list[dict[str, Any]] = []
