@@ -138,6 +138,17 @@ def test_a_wrong_sketch_model_is_one_line(out, tiny_model, capsys):
     assert code == 2 and previous_settings(out, "sketch")["model"] == good  # what the folder ran with stays
 
 
+@pytest.mark.ray
+def test_a_wrong_model_on_ray_is_the_same_line_without_ray_s_tracebacks(out, tiny_model):
+    pytest.importorskip("ray")
+    proc = shell("sketch", out, "--model", tiny_model("qwen3"), "--runner", "ray")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("error: stages.sketch.model: cannot load "), proc.stderr
+    assert "Traceback" not in proc.stderr and "ActorDiedError" not in proc.stderr, proc.stderr
+    assert len(lines) <= 4, proc.stderr  # the progress line, Ray's start-up notice, the error (was 231 lines)
+    assert not Ledger(out, "sketch").parts()
+
+
 def test_a_vae_folder_as_the_segformer_model_is_one_line(out, tiny_model, capsys):
     code, _, err = cli(capsys, "parse", out, "--segformer-model", tiny_model("vae-flux"))
     line = one_line(err)

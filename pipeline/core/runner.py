@@ -471,18 +471,20 @@ class _RayStage:
         import ray
 
         self.guard, self.schema = InFlight(ledger_dir), schema
+        self.error: ConfigError | None = None
         start = self.guard.starting(ray.get_runtime_context().get_actor_id() or str(os.getpid()))
         try:
             self.stage = cls(cfg, ctx)
-        except ConfigError:  # a setting's fault (a wrong model), not a death: the driver prints its line
-            self.guard.started(start)
-            raise
+        except ConfigError as e:  # a setting's fault (a wrong model), not a death: raised by the first batch,
+            self.error = e        # so Ray reports a task error (one line from the driver), not a dead actor
         self.guard.started(start)
         pin_threads(stage_threads(cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import ray
 
+        if self.error is not None:
+            raise self.error
         table = guarded_call(self.guard, self.stage, batch, self.schema)
         node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
         return table.append_column(NODE, pa.array([node] * table.num_rows, pa.string()))
@@ -580,7 +582,9 @@ def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Tabl
     import warnings
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress line speaks for the stage
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our progress line speaks for the stage
+    for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # a failed run: the driver says it in one line
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 1.0), res.get("GPU", 0.0)
