@@ -69,6 +69,11 @@ def _write(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+# What a batch raises while its process lives on (an error, Ctrl-C, a SIGTERM handler's exit): unlike a
+# death, it clears the batch's marker. A segfault or an OOM kill raises nothing, so its marker stays.
+RAISED = (Exception, KeyboardInterrupt, SystemExit)
+
+
 class InFlight:
     """The markers of one stage's ledger folder; `run` wraps one batch's call."""
 
@@ -93,7 +98,11 @@ class InFlight:
         if not states:
             self.dir.mkdir(parents=True, exist_ok=True)
             _write(path, {"keys": keys, "running": None, "dead": []})
-            out = call(batch)
+            try:
+                out = call(batch)
+            except RAISED:  # raised, not died (a full disk, Ctrl-C): the keys are not suspects
+                path.unlink(missing_ok=True)
+                raise
             path.unlink(missing_ok=True)
             return out
         mine = set(keys)
@@ -106,7 +115,11 @@ class InFlight:
                 tables.append(died(one))
                 continue
             _write(path, {"keys": keys, "running": key, "dead": sorted(dead)})
-            tables.append(call(one))
+            try:
+                tables.append(call(one))
+            except RAISED:  # raised, not died: only the keys that killed a worker stay suspects
+                _write(path, {"keys": keys, "running": None, "dead": sorted(dead)})
+                raise
         path.unlink(missing_ok=True)
         return pa.concat_tables(tables)
 

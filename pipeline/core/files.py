@@ -45,6 +45,14 @@ class DiskFull(OSError):
     def __str__(self) -> str:
         return self.strerror or "disk full"
 
+    @classmethod
+    def reported(cls, message: str) -> DiskFull:
+        """The DiskFull another process raised (a Ray worker), from its message (which names the path)."""
+        e = cls.__new__(cls)
+        OSError.__init__(e, errno.ENOSPC, message)
+        e.path = None
+        return e
+
 
 def _free_bytes(path: Path) -> int | None:
     for p in [path, *path.parents]:

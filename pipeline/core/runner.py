@@ -607,6 +607,11 @@ def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Tabl
     try:
         yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
     except Exception as e:
+        from pipeline.core.files import DiskFull, is_disk_full
+
+        if is_disk_full(e) or "DiskFull: " in str(e):  # a worker's full disk: its one line, naming the file
+            full = re.findall(r"DiskFull: (disk full while writing [^\n]+)", str(e))
+            raise (DiskFull.reported(full[-1]) if full else DiskFull(ledger_dir, e)) from None
         why = find_cause(e, StageFailed)  # a dead actor carries its creation error only as text
         found = re.findall(r"StageFailed: (.+)", str(why or e))
         if why is None and not found:

@@ -135,3 +135,27 @@ def test_a_full_disk_ends_the_run_with_one_line_and_nothing_half_written(small_d
 def test_disk_full_names_the_path_and_the_space_left(tmp_path):
     err = DiskFull(tmp_path / "x.png")
     assert str(tmp_path / "x.png") in str(err) and "MB free there" in str(err) and err.errno == 28
+
+
+@pytest.mark.ray
+def test_a_full_disk_in_a_ray_worker_is_the_same_one_line_and_the_rerun_finishes(small_disk, demo_data, tmp_path):
+    pytest.importorskip("ray")
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    out, model = small_disk / "run", str(ROOT / ".cache" / "tiny-models" / "u2net-portrait-tiny")
+    assert _facecurate("ingest", str(demo_data / "photos"), "--out", str(out)).returncode == 0
+    used = int(subprocess.run(["du", "-sk", str(small_disk)], capture_output=True, text=True).stdout.split()[0])
+    subprocess.run(["mount", "-o", f"remount,size={used + 40}k", str(small_disk)], check=True)  # no room for sketches
+    full = _facecurate("sketch", str(out), "--model", model, "--runner", "ray")
+    last = full.stderr.strip().splitlines()[-1]
+    assert full.returncode == 1 and last.startswith(f"error: disk full while writing {out}/sketches/"), full.stderr
+    assert "MB free there" in last and "Traceback" not in full.stderr
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    again = _facecurate("sketch", str(out), "--model", model, "--runner", "ray")
+    assert again.returncode == 0, again.stderr
+    assert leftovers(out) == []
+    clean = tmp_path / "clean"
+    assert _facecurate("ingest", str(demo_data / "photos"), "--out", str(clean)).returncode == 0
+    assert _facecurate("sketch", str(clean), "--model", model).returncode == 0
+    made = sorted(p.relative_to(out) for p in (out / "sketches").rglob("*.png"))
+    assert made and made == sorted(p.relative_to(clean) for p in (clean / "sketches").rglob("*.png"))
+    assert all((out / p).read_bytes() == (clean / p).read_bytes() for p in made)

@@ -146,6 +146,26 @@ def test_in_flight_markers_survive_a_batch_regrouping(tmp_path):
     assert not (tmp_path / INFLIGHT_DIR).exists()
 
 
+def test_a_batch_that_raises_leaves_no_suspects(tmp_path):
+    """An error or Ctrl-C is not a death: the next run must not redo those keys one by one (a full disk
+    left its marker once, and the rerun then redid the batch key by key)."""
+    from pipeline.core.crashes import InFlight
+
+    calls = []
+
+    def call(b):
+        calls.append(b.num_rows)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return b.append_column("status", pa.array(["ok"] * b.num_rows))
+
+    batch = pa.table({"key": ["a", "b", "c"]})
+    with pytest.raises(OSError):
+        InFlight(tmp_path).run(call, batch, lambda b: b)
+    assert not list((tmp_path / INFLIGHT_DIR).glob("*.json"))
+    assert InFlight(tmp_path).run(call, batch, lambda b: b).num_rows == 3 and calls == [3, 3]  # one call
+
+
 @pytest.mark.ray
 def test_ray_a_key_that_crashes_its_worker_becomes_its_row_and_a_worker_that_cannot_start_stops_the_stage(
         demo_data, tmp_path, monkeypatch):
