@@ -546,10 +546,19 @@ def check_shared_storage(out: Any, configs: list[Any], runner: RunnerConfig) -> 
     atomic_write_bytes(marker, token.encode())
     paths = sorted({p for c in configs for p in local_paths(c)})
     probe = ray.remote(num_cpus=0)(_node_sees)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    listed = [n for n in ray.nodes() if n.get("Alive")]
+    gone = tuple(getattr(ray.exceptions, n) for n in ("TaskUnschedulableError", "NodeDiedError")
+                 if hasattr(ray.exceptions, n))
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(paths, str(marker), token) for n in listed]
+    nodes, answers, deadline = [], [], time.monotonic() + 120
     try:
-        answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                          .remote(paths, str(marker), token) for n in nodes], timeout=120)
+        for node, ref in zip(listed, refs, strict=True):
+            try:
+                answers.append(ray.get(ref, timeout=max(1.0, deadline - time.monotonic())))
+            except gone:  # it left the cluster after it was listed (GCS still said alive): it runs nothing
+                continue
+            nodes.append(node)
     finally:
         marker.unlink(missing_ok=True)
     for node, (ip, missing) in zip(nodes, answers, strict=True):

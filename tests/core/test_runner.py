@@ -196,6 +196,23 @@ def test_ray_a_key_that_crashes_its_worker_becomes_its_row_and_a_worker_that_can
 
 
 @pytest.mark.ray
+def test_the_storage_check_skips_a_node_that_left_after_it_was_listed(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    from pipeline.core.runner import check_shared_storage
+
+    try:
+        check_shared_storage(tmp_path, [], RunnerConfig(kind="ray"))  # starts Ray here
+        real = ray.nodes()
+        ghost = {**real[0], "NodeID": os.urandom(len(real[0]["NodeID"]) // 2).hex(), "Alive": True}  # not there
+        monkeypatch.setattr(ray, "nodes", lambda: [*real, ghost])
+        assert check_shared_storage(tmp_path, [], RunnerConfig(kind="ray")) == len(real)
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
 def test_ray_runner_gives_the_same_rows_as_local(demo_data, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     import ray
