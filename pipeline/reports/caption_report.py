@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.core.ledger import OK, Ledger, atomic_write_bytes, hash64
+from pipeline.core.ledger import OK, Ledger, atomic_write_bytes, hash64, value_counts
 from pipeline.reports.html_kit import CSS, kv_table, thumb
 from pipeline.text.judge import close
 from pipeline.text.tokens import CONTEXT_LENGTH
@@ -83,21 +83,14 @@ def clean_counts(out: Any) -> dict[str, Any]:
     rules: Counter = Counter()
     for t in _parts(Path(out), "captions/clean", ["status", "trimmed", "rules_applied"]):
         rows += t.num_rows
-        status.update(_value_counts(t["status"]))
+        status.update(value_counts(t["status"]))
         good = t.filter(pc.equal(t["status"], OK))
         ok += good.num_rows
         trimmed += int(pc.sum(good["trimmed"]).as_py() or 0)
-        rules.update(_value_counts(pc.list_flatten(t["rules_applied"])))
+        rules.update(value_counts(pc.list_flatten(t["rules_applied"])))
     if not rows:
         return {"rows": 0}
     return {"rows": rows, "ok": ok, "by_status": ranked(status), "trimmed": trimmed, "rules": ranked(rules)}
-
-
-def _value_counts(a) -> dict[Any, int]:
-    if not len(a):
-        return {}
-    vc = pc.value_counts(a)
-    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
 
 
 def flag_score(f: str) -> int:
@@ -160,15 +153,15 @@ def _scan(out: Path, keys: pa.Array | None, limit: int) -> tuple[dict[str, Any],
     best: pa.Table | None = None
     for t in _parts(out, "captions/final", FINAL_COLUMNS, keys):
         s["images"] += t.num_rows
-        s["status"].update(_value_counts(t["status"]))
+        s["status"].update(value_counts(t["status"]))
         t = t.filter(pc.equal(t["status"], OK)).combine_chunks()
         n = t.num_rows
         if not n:
             continue
         s["ok"] += n
-        s["n_caps"].update(_value_counts(pc.fill_null(pc.list_value_length(t["captions"]), 0)))
+        s["n_caps"].update(value_counts(pc.fill_null(pc.list_value_length(t["captions"]), 0)))
         prov = pc.fill_null(pc.list_flatten(t["provenance"]), "")
-        s["prov"].update(_value_counts(pc.list_element(pc.split_pattern(prov, ":", max_splits=1), 0)))
+        s["prov"].update(value_counts(pc.list_element(pc.split_pattern(prov, ":", max_splits=1), 0)))
         tokens = pc.list_flatten(t["clip_tokens"]).to_numpy(zero_copy_only=False).astype(np.int64)
         if len(tokens):
             h = np.bincount(tokens, minlength=CONTEXT_LENGTH + 1)  # longer where a caption is over budget
@@ -179,7 +172,7 @@ def _scan(out: Path, keys: pa.Array | None, limit: int) -> tuple[dict[str, Any],
             s["tok_sum"] += int(tokens.sum())
             s["tok_n"] += len(tokens)
             s["over"] += int((tokens > CONTEXT_LENGTH).sum())
-        s["flag_values"].update(_value_counts(pc.list_flatten(t["flags"])))
+        s["flag_values"].update(value_counts(pc.list_flatten(t["flags"])))
         s["contradicted"] += int(_per_row(t["flags"], n, lambda f: f.startswith("contradiction:")).sum())
         s["mask_contradicted"] += int(_per_row(t["flags"], n, lambda f: f.startswith("mask_contradiction:")).sum())
         for lo in range(0, n, 1 << 14):
@@ -201,9 +194,10 @@ def _scan(out: Path, keys: pa.Array | None, limit: int) -> tuple[dict[str, Any],
                 for slot in {f.split(":", 1)[0] for f in stated}:
                     s["coverage"][slot] += 1
                 s["covered"] += 1
-        ranked_rows = t.append_column("_score", pa.array(_scores(t["flags"], n)))
-        best = ranked_rows if best is None else pa.concat_tables([best, ranked_rows], promote_options="permissive")
-        best = best.take(pc.sort_indices(best, [("_score", "descending"), ("key", "ascending")])[:limit])
+        if limit:
+            ranked_rows = t.append_column("_score", pa.array(_scores(t["flags"], n)))
+            best = ranked_rows if best is None else pa.concat_tables([best, ranked_rows], promote_options="permissive")
+            best = best.take(pc.sort_indices(best, [("_score", "descending"), ("key", "ascending")])[:limit])
     rows = [] if best is None else best.drop_columns(["_score"]).to_pylist()
     return s, rows
 
