@@ -618,6 +618,10 @@ def _execute_ray(cls: type[Stage], cfg: Any, ctx: StageContext, pending: pa.Tabl
     except Exception as e:
         from pipeline.core.files import DiskFull, is_disk_full
 
+        # The run stops on a raised error; Ray then kills the actors still in a batch, which leaves their
+        # markers as if those keys had killed them: clear them, so the rerun batches as before (a real
+        # death among them costs one more death on the rerun, then its marker is back).
+        InFlight(ledger_dir).clear()
         if is_disk_full(e) or "DiskFull: " in str(e):  # a worker's full disk: its one line, naming the file
             full = re.findall(r"DiskFull: (disk full while writing [^\n]+)", str(e))
             raise (DiskFull.reported(full[-1]) if full else DiskFull(ledger_dir, e)) from None
